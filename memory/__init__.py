@@ -1,0 +1,45 @@
+"""The agent's image memory (``seedx_agent.memory``): images by opaque id, lineage, namespaces and search.
+
+``ImageMemory`` stores images once (content-addressed PNG files) with records and embeddings in chroma;
+``ImageMemoryStore`` exposes the same root as a LangGraph ``BaseStore`` for graphs' long-term memory.
+Images cross the agent boundary only as ids issued here; no caller ever supplies a file path.
+"""
+
+from __future__ import annotations
+
+from .backend import ChromaServer
+from .embedders import HashingTextEmbeddings, ImageEmbedder
+from .errors import (
+    EmbeddingMismatchError,
+    ImageMemoryError,
+    InvalidImageIdError,
+    InvalidMemoryRequestError,
+    MemoryBackendError,
+    MemoryClosedError,
+    MemoryLockedError,
+    UnknownImageError,
+)
+from .langgraph_store import ImageMemoryStore
+from .records import ImageHit, ImageKind, ImageRecord, RepairReport, validate_image_id
+from .store import ImageMemory
+
+__all__ = [
+    "ChromaServer",
+    "EmbeddingMismatchError",
+    "HashingTextEmbeddings",
+    "ImageEmbedder",
+    "ImageHit",
+    "ImageKind",
+    "ImageMemory",
+    "ImageMemoryError",
+    "ImageMemoryStore",
+    "ImageRecord",
+    "InvalidImageIdError",
+    "InvalidMemoryRequestError",
+    "MemoryBackendError",
+    "MemoryClosedError",
+    "MemoryLockedError",
+    "RepairReport",
+    "UnknownImageError",
+    "validate_image_id",
+]

@@ -1,0 +1,719 @@
+"""``ImageMemory``: the agent's image store — files on disk, records and embeddings in chroma.
+
+Images are stored once, content-addressed by the sha256 of their canonical PNG bytes, and referred to by
+opaque random ids (``img_`` + 16 hex). A record keeps provenance (kind, prompt, caption, seed, model),
+edit lineage (parent id, operation) and a namespace such as ``"user:alice/thread:1/story:x"``.
+
+Two chroma collections back the search: visual embeddings (from the caller's image embedder, the SEED-X
+ViT in the product) and text embeddings of prompt + caption (any LangChain ``Embeddings``; the offline
+default is ``HashingTextEmbeddings``).
+
+Crash safety. Every write follows one order — image file, then a journal intent, then the chroma records,
+then the journal is truncated — and ``repair()`` (run on every open) restores the invariant "every record
+has its file, every file has a record": uncommitted adds are rolled back (their ids were never returned to a
+caller, so nobody can refer to them), unfinished deletes are finished, records without a file and files
+without a record are removed. A second open of the same root, from this or another process, is refused
+with ``MemoryLockedError`` while the first is open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+from PIL import Image
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from seedx_agent.errors import ImageTooLargeError, InvalidImageError
+
+from .backend import (
+    ChromaServer,
+    delete_ids,
+    iter_ids,
+    iter_metadata,
+    open_chroma_client,
+    open_collection,
+)
+from .embedders import HashingTextEmbeddings, ImageEmbedder, check_embeddings
+from .errors import (
+    ImageMemoryError,
+    InvalidMemoryRequestError,
+    MemoryClosedError,
+    UnknownImageError,
+)
+from .files import TEMP_SUFFIX, CanonicalImage, ContentStore, Journal, RootLock, atomic_write_bytes, canonical_image
+from .records import (
+    IMAGE_KINDS,
+    ImageHit,
+    ImageRecord,
+    RepairReport,
+    combine_where,
+    namespace_clause,
+    new_image_id,
+    utc_now_ms,
+    validate_image_id,
+    validate_namespace,
+    validate_where,
+)
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "ImageMemory"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+MAX_RESULTS = 1000
+MAX_LINEAGE_DEPTH = 10_000
+FORMAT_VERSION = 1
+
+ImageInput = Any
+"""A PIL image, or any source ``seedx_agent.images.load_image`` accepts (bytes, data URL, path on the
+*caller's* side, e.g. a CLI argument). Never a memory id: those are looked up with ``load``."""
+
+
+class ImageMemory:
+    """Content-addressed image store with records, lineage, namespaces and vector search (see module doc).
+
+    Open it with ``ImageMemory.open(root, image_embedder=...)``; it is a context manager and thread-safe
+    (writes are serialised, so tools running in parallel threads can share one instance).
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        lock: RootLock,
+        client: ClientAPI,
+        collection_prefix: str,
+        image_embedder: ImageEmbedder,
+        text_embedder: Embeddings,
+        max_pixels: int,
+    ) -> None:
+        """Internal: use ``ImageMemory.open``, which takes the lock and repairs the root first."""
+        self.root = root
+        self.max_pixels = max_pixels
+        self.image_embedder = image_embedder
+        self.text_embedder = text_embedder
+        self.last_repair: RepairReport | None = None
+        self._lock = lock
+        self._client: ClientAPI | None = client
+        self._visual: Collection = open_collection(client, f"{collection_prefix}_images_visual")
+        self._text: Collection = open_collection(client, f"{collection_prefix}_images_text")
+        self._files = ContentStore(root / "images")
+        self._journal = Journal(root / "journal.jsonl")
+        self._manifest_path = root / "memory.json"
+        self._manifest = self._load_manifest()
+        self._write_lock = threading.RLock()
+        self._close_callbacks: list[Callable[[], None]] = []
+        # A memory dropped without close() still gives its root back when it is garbage-collected.
+        self._finalizer = weakref.finalize(self, _release_quietly, client, lock)
+
+    # ------------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        image_embedder: ImageEmbedder,
+        text_embedder: Embeddings | None = None,
+        client: str | ChromaServer | dict[str, Any] = "persistent",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> ImageMemory:
+        """Open (creating if needed) the memory at ``root``, lock it, and repair any crash damage.
+
+        ``image_embedder`` maps a list of RGB images to an (n, dim) array (the tools layer passes SEED-X ViT
+        features); ``text_embedder`` defaults to the offline, lexical ``HashingTextEmbeddings``;
+        ``client`` is ``"persistent"`` (chroma embedded under ``root/chroma``) or ``ChromaServer`` settings.
+        """
+        if not callable(image_embedder):
+            raise InvalidMemoryRequestError(
+                f"image_embedder must be a callable list[PIL.Image] -> (n, dim) array, got {image_embedder!r}"
+            )
+        if text_embedder is None:
+            text_embedder = HashingTextEmbeddings()
+        elif not isinstance(text_embedder, Embeddings):
+            raise InvalidMemoryRequestError(
+                f"text_embedder must be a langchain_core.embeddings.Embeddings, got {type(text_embedder).__name__}"
+            )
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise InvalidMemoryRequestError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise InvalidMemoryRequestError(f"memory root {root} exists and is not a directory; pick a folder path")
+        root.mkdir(parents=True, exist_ok=True)
+        lock = RootLock(root)
+        lock.acquire()
+        chroma_client = None
+        try:
+            chroma_client, prefix = open_chroma_client(root, client)
+            memory = cls(
+                root=root,
+                lock=lock,
+                client=chroma_client,
+                collection_prefix=prefix,
+                image_embedder=image_embedder,
+                text_embedder=text_embedder,
+                max_pixels=max_pixels,
+            )
+            memory.last_repair = memory.repair()
+        except BaseException:
+            if chroma_client is not None:
+                chroma_client.close()
+            lock.release()
+            raise
+        return memory
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._client is None
+
+    def close(self) -> None:
+        """Release the chroma client and the root lock (idempotent); later calls raise ``MemoryClosedError``."""
+        with self._write_lock:
+            if self._client is None:
+                return
+            for callback in reversed(self._close_callbacks):
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("error while closing an attachment of the image memory at %s", self.root)
+            self._close_callbacks.clear()
+            client, self._client = self._client, None
+            self._finalizer.detach()
+            try:
+                client.close()
+            finally:
+                self._lock.release()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` when the memory closes (used by adapters that keep their own handles in the root)."""
+        self._close_callbacks.append(callback)
+
+    def __enter__(self) -> ImageMemory:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._client is None:
+            raise MemoryClosedError(f"the image memory at {self.root} is closed; open it again with ImageMemory.open")
+
+    # ------------------------------------------------------------------ manifest (embedding dimensions)
+
+    def _load_manifest(self) -> dict[str, Any]:
+        if not self._manifest_path.is_file():
+            manifest = {"format_version": FORMAT_VERSION, "image_dim": None, "text_dim": None}
+            atomic_write_bytes(self._manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
+            return manifest
+        try:
+            manifest = json.loads(self._manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ImageMemoryError(
+                f"{self._manifest_path} is unreadable ({error}); restore it or delete it (the dimensions are "
+                "re-learnt from the next add)"
+            ) from error
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ImageMemoryError(
+                f"{self._manifest_path} has format_version {manifest.get('format_version')!r}; this version of "
+                f"seedx-agent reads format {FORMAT_VERSION}: upgrade seedx-agent or use a new root"
+            )
+        return manifest
+
+    def _remember_dim(self, key: str, dim: int) -> None:
+        if self._manifest.get(key) is None:
+            self._manifest[key] = dim
+            atomic_write_bytes(self._manifest_path, json.dumps(self._manifest, indent=2).encode("utf-8"))
+
+    def _embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        vectors = check_embeddings(
+            self.image_embedder(images),
+            count=len(images),
+            what="image embedder",
+            expected_dim=self._manifest.get("image_dim"),
+        )
+        self._remember_dim("image_dim", int(vectors.shape[1]))
+        return vectors
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        vectors = check_embeddings(
+            self.text_embedder.embed_documents(texts),
+            count=len(texts),
+            what="text embedder",
+            expected_dim=self._manifest.get("text_dim"),
+        )
+        self._remember_dim("text_dim", int(vectors.shape[1]))
+        return vectors
+
+    # ------------------------------------------------------------------ adding
+
+    def _to_pil(self, image: ImageInput) -> Image.Image:
+        if isinstance(image, Image.Image):
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise InvalidImageError(f"image has size {width}x{height}; both sides must be at least 1 pixel")
+            if width * height > self.max_pixels:
+                raise ImageTooLargeError(
+                    f"image of {width}x{height} = {width * height} pixels exceeds max_pixels={self.max_pixels}; "
+                    "downscale it or open the memory with a larger max_pixels"
+                )
+            return image
+        if isinstance(image, str) and image.startswith("img_"):
+            raise InvalidMemoryRequestError(
+                f"{image!r} looks like a memory id; add() takes pixels. Use load(id) to get a stored image"
+            )
+        from seedx_agent.images import load_image  # core helper: bytes / data URL / caller-side path -> RGB
+
+        return load_image(image, max_pixels=self.max_pixels)
+
+    def add(
+        self,
+        image: ImageInput,
+        *,
+        kind: str,
+        namespace: str,
+        prompt: str | None = None,
+        caption: str | None = None,
+        parent_id: str | None = None,
+        operation: str | None = None,
+        seed: int | None = None,
+        model: str | None = None,
+    ) -> ImageRecord:
+        """Store one image and return its record (with a new opaque id).
+
+        ``kind`` is "input", "generated" or "edited"; ``parent_id``/``operation`` record edit lineage and the
+        parent must exist. Identical pixels are stored once on disk, but every call makes its own record.
+        """
+        (record,) = self.add_many(
+            [image],
+            kind=kind,
+            namespace=namespace,
+            prompts=[prompt],
+            captions=[caption],
+            parent_ids=[parent_id],
+            operations=[operation],
+            seeds=[seed],
+            model=model,
+            progress=False,
+        )
+        return record
+
+    def add_many(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        kind: str,
+        namespace: str,
+        prompts: Sequence[str | None] | None = None,
+        captions: Sequence[str | None] | None = None,
+        parent_ids: Sequence[str | None] | None = None,
+        operations: Sequence[str | None] | None = None,
+        seeds: Sequence[int | None] | None = None,
+        model: str | None = None,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> list[ImageRecord]:
+        """Store many images in batches (one embedder call and one chroma transaction per batch).
+
+        The per-image sequences must match ``images`` in length. Each batch commits atomically; a crash
+        keeps the batches committed before it. ``progress`` shows a tqdm bar on stderr.
+        """
+        self._check_open()
+        images = list(images)
+        count = len(images)
+        columns: dict[str, list[Any]] = {}
+        for name, values in (
+            ("prompts", prompts),
+            ("captions", captions),
+            ("parent_ids", parent_ids),
+            ("operations", operations),
+            ("seeds", seeds),
+        ):
+            if values is None:
+                columns[name] = [None] * count
+            else:
+                values = list(values)
+                if len(values) != count:
+                    raise InvalidMemoryRequestError(
+                        f"{name} has {len(values)} entries but {count} images were given; pass one per image"
+                    )
+                columns[name] = values
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidMemoryRequestError(f"batch_size must be a positive int, got {batch_size!r}")
+        if kind not in IMAGE_KINDS:
+            raise InvalidMemoryRequestError(f"kind must be one of {list(IMAGE_KINDS)}, got {kind!r}")
+        validate_namespace(namespace)
+        for parent in {parent for parent in columns["parent_ids"] if parent is not None}:
+            self.get(parent)  # validates the shape and existence of every parent before anything is written
+
+        records: list[ImageRecord] = []
+        with tqdm(total=count, desc="storing images", unit="img", disable=not progress) as bar:
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                batch_images = [self._to_pil(image) for image in images[start:stop]]
+                canonical = [canonical_image(image) for image in batch_images]
+                batch_records = [
+                    self._new_record(
+                        image,
+                        kind=kind,
+                        namespace=namespace,
+                        model=model,
+                        prompt=columns["prompts"][index],
+                        caption=columns["captions"][index],
+                        parent_id=columns["parent_ids"][index],
+                        operation=columns["operations"][index],
+                        seed=columns["seeds"][index],
+                    )
+                    for index, image in zip(range(start, stop), canonical)
+                ]
+                records.extend(self._commit_batch(batch_images, canonical, batch_records))
+                bar.update(stop - start)
+        return records
+
+    def _new_record(self, image: CanonicalImage, **fields: Any) -> ImageRecord:
+        for name in ("prompt", "caption", "operation", "model"):
+            value = fields[name]
+            if value is not None and not isinstance(value, str):
+                raise InvalidMemoryRequestError(f"{name} must be a string or None, got {type(value).__name__}")
+        try:
+            return ImageRecord(
+                id=new_image_id(),
+                created_at=utc_now_ms(),
+                content_hash=image.content_hash,
+                width=image.width,
+                height=image.height,
+                **fields,
+            )
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise InvalidMemoryRequestError(f"invalid image record fields: {problems}") from error
+
+    def _stored_visual_embeddings(self, content_hashes: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings already stored for these contents (identical pixels need no second embedder call)."""
+        found = self._visual.get(where={"content_hash": {"$in": content_hashes}}, include=["metadatas", "embeddings"])
+        vectors: dict[str, np.ndarray] = {}
+        for metadata, embedding in zip(
+            found["metadatas"] or [], found["embeddings"] if found["embeddings"] is not None else []
+        ):
+            vectors.setdefault(metadata["content_hash"], np.asarray(embedding, dtype=np.float32))
+        return vectors
+
+    def _commit_batch(
+        self, images: list[Image.Image], canonical: list[CanonicalImage], records: list[ImageRecord]
+    ) -> list[ImageRecord]:
+        # Embeddings first, outside the write lock: this is the slow part (a ViT forward in the product).
+        unique_hashes = list(dict.fromkeys(item.content_hash for item in canonical))
+        known = self._stored_visual_embeddings(unique_hashes)
+        to_embed = {
+            item.content_hash: image for image, item in zip(images, canonical) if item.content_hash not in known
+        }
+        if to_embed:
+            fresh = self._embed_images(list(to_embed.values()))
+            known.update(zip(to_embed.keys(), fresh))
+        visual_vectors = np.stack([known[item.content_hash] for item in canonical])  # (batch, image_dim)
+        text_records = [record for record in records if record.text]
+        text_vectors = self._embed_texts([record.text for record in text_records]) if text_records else None
+
+        ids = [record.id for record in records]
+        parents = sorted({record.parent_id for record in records if record.parent_id is not None})
+        with self._write_lock:
+            self._check_open()
+            if parents:  # checked again under the lock: a parent may have been deleted meanwhile
+                missing = set(parents) - set(self._visual.get(ids=parents, include=[])["ids"])
+                if missing:
+                    raise UnknownImageError(
+                        f"parent image(s) {sorted(missing)} were deleted while adding their edits; add the edit "
+                        "without parent_id or from an existing image",
+                        image_id=sorted(missing)[0],
+                    )
+            written: list[str] = []
+            try:
+                for item in canonical:
+                    if self._files.write(item):
+                        written.append(item.content_hash)
+                self._journal.begin({"op": "add", "ids": ids, "txn": secrets.token_hex(4), "time": time.time()})
+                self._visual.add(
+                    ids=ids, embeddings=visual_vectors, metadatas=[record.to_metadata() for record in records]
+                )
+                if text_vectors is not None:
+                    self._text.add(
+                        ids=[record.id for record in text_records],
+                        embeddings=text_vectors,
+                        metadatas=[record.to_metadata() for record in text_records],
+                    )
+            except BaseException:
+                self._roll_back_add(ids, written)
+                raise
+            self._journal.commit()
+        return records
+
+    def _roll_back_add(self, ids: list[str], written_hashes: list[str]) -> None:
+        """Undo a failed add in-process; if that fails too, the journal lets the next open finish the job."""
+        try:
+            delete_ids(self._text, ids)
+            delete_ids(self._visual, ids)
+            for content_hash in set(written_hashes):
+                if not self._hash_referenced(content_hash):
+                    self._files.remove(content_hash)
+            self._journal.commit()
+        except Exception:
+            logger.exception(
+                "could not roll back a failed add in %s; the journal keeps it and the next open repairs it", self.root
+            )
+
+    def _hash_referenced(self, content_hash: str) -> bool:
+        return bool(self._visual.get(where={"content_hash": content_hash}, limit=1, include=[])["ids"])
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, image_id: str, *, namespace: str | None = None) -> ImageRecord:
+        """The record of ``image_id``; with ``namespace``, only if it lies in that namespace (or below).
+
+        Raises ``InvalidImageIdError`` for anything that is not id-shaped and ``UnknownImageError`` otherwise.
+        """
+        self._check_open()
+        validate_image_id(image_id)
+        if namespace is not None:
+            validate_namespace(namespace)
+        found = self._visual.get(ids=[image_id], include=["metadatas"])
+        if found["ids"]:
+            record = ImageRecord.from_metadata(found["ids"][0], found["metadatas"][0])
+            if namespace is None or _in_namespace(record.namespace, namespace):
+                return record
+        scope = f" in namespace {namespace!r}" if namespace is not None else ""
+        raise UnknownImageError(
+            f"no image with id {image_id!r}{scope}; use an id returned by add() or a search", image_id=image_id
+        )
+
+    def load(self, image_id: str, *, namespace: str | None = None) -> Image.Image:
+        """The stored pixels of ``image_id`` as a new RGB PIL image."""
+        record = self.get(image_id, namespace=namespace)
+        path = self._files.path_for(record.content_hash)
+        try:
+            with Image.open(path) as stored:
+                stored.load()
+                return stored.convert("RGB")
+        except FileNotFoundError:
+            raise ImageMemoryError(
+                f"the file of {image_id!r} is missing from {self.root}; close and reopen the memory to repair it"
+            ) from None
+
+    def image_path(self, image_id: str) -> Path:
+        """Path of the stored PNG (read-only use, e.g. for exporting a storyboard); never taken from callers."""
+        return self._files.path_for(self.get(image_id).content_hash)
+
+    def count(self, namespace: str | None = None) -> int:
+        """Number of records (in ``namespace`` and below, if given)."""
+        self._check_open()
+        if namespace is None:
+            return self._visual.count()
+        return sum(1 for _ in iter_ids(self._visual, namespace_clause(validate_namespace(namespace))))
+
+    def find(
+        self, where: dict[str, Any] | None = None, *, namespace: str | None = None, limit: int | None = None
+    ) -> list[ImageRecord]:
+        """Records matching a metadata filter (chroma syntax over record fields), oldest first.
+
+        Example: ``find({"kind": "edited", "width": {"$gte": 512}}, namespace="user:alice")``.
+        """
+        self._check_open()
+        filters = combine_where(self._namespace_filter(namespace), validate_where(where))
+        if limit is not None:
+            _check_k(limit, "limit")
+        records = [
+            ImageRecord.from_metadata(image_id, metadata) for image_id, metadata in iter_metadata(self._visual, filters)
+        ]
+        records.sort(key=lambda record: (record.created_at, record.id))
+        return records if limit is None else records[:limit]
+
+    def lineage(self, image_id: str) -> list[ImageRecord]:
+        """The edit chain ending at ``image_id``, root first. Stops early at a parent that was deleted."""
+        chain = [self.get(image_id)]
+        seen = {image_id}
+        while chain[-1].parent_id is not None and len(chain) < MAX_LINEAGE_DEPTH:
+            parent_id = chain[-1].parent_id
+            if parent_id in seen:  # impossible for ids issued here (parents exist first); guard anyway
+                break
+            try:
+                chain.append(self.get(parent_id))
+            except UnknownImageError:
+                logger.debug("lineage of %s stops at deleted parent %s", image_id, parent_id)
+                break
+            seen.add(parent_id)
+        chain.reverse()
+        return chain
+
+    def children(self, image_id: str) -> list[ImageRecord]:
+        """Records made from ``image_id`` (direct edits), oldest first."""
+        self.get(image_id)
+        return self.find({"parent_id": image_id})
+
+    # ------------------------------------------------------------------ search
+
+    def search_text(
+        self, query: str, *, k: int = 5, namespace: str | None = None, where: dict[str, Any] | None = None
+    ) -> list[ImageHit]:
+        """Images whose prompt/caption best match ``query`` (records without text are not in this index)."""
+        self._check_open()
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidMemoryRequestError(f"query must be a non-empty string, got {query!r}")
+        _check_k(k, "k")
+        filters = combine_where(self._namespace_filter(namespace), validate_where(where))
+        query_vector = check_embeddings(
+            [self.text_embedder.embed_query(query)],
+            count=1,
+            what="text embedder",
+            expected_dim=self._manifest.get("text_dim"),
+        )
+        if not np.any(query_vector):
+            return []  # nothing to compare (e.g. a blank-after-tokenisation query): cosine is undefined
+        return self._query(self._text, query_vector, k=k, where=filters)
+
+    def search_image(
+        self,
+        image_or_id: ImageInput | str,
+        *,
+        k: int = 5,
+        namespace: str | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> list[ImageHit]:
+        """Visually similar images to a given image, or to a stored image id (which is left out of the hits)."""
+        self._check_open()
+        _check_k(k, "k")
+        filters = combine_where(self._namespace_filter(namespace), validate_where(where))
+        exclude: str | None = None
+        if isinstance(image_or_id, str) and not image_or_id.startswith("data:"):
+            exclude = validate_image_id(image_or_id)
+            found = self._visual.get(ids=[exclude], include=["embeddings"])
+            if not found["ids"]:
+                raise UnknownImageError(
+                    f"no image with id {exclude!r}; use an id returned by add() or a search", image_id=exclude
+                )
+            query_vector = np.asarray(found["embeddings"], dtype=np.float32)  # (1, image_dim)
+        else:
+            query_vector = self._embed_images([self._to_pil(image_or_id)])
+        hits = self._query(self._visual, query_vector, k=k + (exclude is not None), where=filters)
+        return [hit for hit in hits if hit.record.id != exclude][:k]
+
+    def _query(self, collection: Collection, query_vector: np.ndarray, *, k: int, where: dict | None) -> list[ImageHit]:
+        if collection.count() == 0:
+            return []
+        result = collection.query(
+            query_embeddings=query_vector, n_results=k, where=where, include=["metadatas", "distances"]
+        )
+        return [
+            ImageHit(record=ImageRecord.from_metadata(image_id, metadata), score=1.0 - float(distance))
+            for image_id, metadata, distance in zip(result["ids"][0], result["metadatas"][0], result["distances"][0])
+        ]
+
+    @staticmethod
+    def _namespace_filter(namespace: str | None) -> dict[str, Any] | None:
+        return None if namespace is None else namespace_clause(validate_namespace(namespace))
+
+    # ------------------------------------------------------------------ deleting
+
+    def delete(self, image_id: str, *, namespace: str | None = None) -> None:
+        """Remove a record; its file goes too unless another record has the same content.
+
+        Children keep their ``parent_id``; their ``lineage`` then starts at the first surviving ancestor.
+        """
+        with self._write_lock:
+            record = self.get(image_id, namespace=namespace)
+            self._journal.begin({"op": "delete", "ids": [image_id], "txn": secrets.token_hex(4), "time": time.time()})
+            delete_ids(self._text, [image_id])
+            delete_ids(self._visual, [image_id])
+            if not self._hash_referenced(record.content_hash):
+                self._files.remove(record.content_hash)
+            self._journal.commit()
+
+    # ------------------------------------------------------------------ repair
+
+    def repair(self) -> RepairReport:
+        """Restore "every record has its file, every file has a record" after a crash; runs on every open."""
+        self._check_open()
+        with self._write_lock:
+            counts: dict[str, int] = {}
+            entries, counts["torn_journal_lines"] = self._journal.read()
+            pending_adds = sorted({i for entry in entries if entry.get("op") == "add" for i in entry.get("ids", [])})
+            pending_deletes = sorted(
+                {i for entry in entries if entry.get("op") == "delete" for i in entry.get("ids", [])}
+            )
+            pending = pending_adds + pending_deletes
+            present = set(self._visual.get(ids=pending, include=[])["ids"]) if pending else set()
+            counts["rolled_back_adds"] = sum(1 for image_id in pending_adds if image_id in present)
+            counts["completed_deletes"] = sum(1 for image_id in pending_deletes if image_id in present)
+            delete_ids(self._text, pending)
+            delete_ids(self._visual, pending)
+
+            visual = dict(iter_metadata(self._visual))
+            text_ids = set(iter_ids(self._text))
+            without_file = [
+                i for i, meta in visual.items() if not self._files.exists(str(meta.get("content_hash", "")))
+            ]
+            incomplete = [
+                i
+                for i, meta in visual.items()
+                if i not in text_ids and (meta.get("prompt") or meta.get("caption")) and i not in without_file
+            ]
+            dangling_text = [i for i in text_ids if i not in visual]
+            delete_ids(self._text, dangling_text + without_file)
+            delete_ids(self._visual, without_file + incomplete)
+            counts["records_without_file"] = len(without_file)
+            counts["incomplete_records"] = len(incomplete)
+            counts["dangling_text_entries"] = len(dangling_text)
+
+            removed = set(without_file) | set(incomplete)
+            referenced = {meta.get("content_hash") for i, meta in visual.items() if i not in removed}
+            counts["orphan_files"] = counts["temp_files"] = counts["unknown_files"] = 0
+            for path, content_hash in self._files.scan():
+                if content_hash is not None:
+                    if content_hash not in referenced:
+                        self._files.remove(content_hash)
+                        counts["orphan_files"] += 1
+                elif path.name.endswith(TEMP_SUFFIX) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    counts["temp_files"] += 1
+                else:
+                    counts["unknown_files"] += 1
+                    logger.warning("unexpected file %s in the image memory; leaving it alone", path)
+            self._journal.commit()
+            report = RepairReport(**counts)
+            if not report.clean:
+                logger.warning("repaired the image memory at %s: %s", self.root, report)
+            return report
+
+
+def _release_quietly(client: ClientAPI, lock: RootLock) -> None:
+    """Finalizer of an ImageMemory that was never closed: close chroma, release the root."""
+    try:
+        client.close()
+    except Exception:
+        logger.debug("closing chroma from the finalizer failed", exc_info=True)
+    lock.release()
+
+
+def _in_namespace(record_namespace: str, namespace: str) -> bool:
+    return record_namespace == namespace or record_namespace.startswith(namespace + "/")
+
+
+def _check_k(k: object, name: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RESULTS:
+        raise InvalidMemoryRequestError(f"{name} must be an int between 1 and {MAX_RESULTS}, got {k!r}")

@@ -1,0 +1,1 @@
+"""seedx-agent: SEED-X re-implemented as a library."""

@@ -1,0 +1,185 @@
+"""Any-resolution encoding: grid choice, tiling, thumbnail, patch positions, ViT normalisation (§3, §2).
+
+An image becomes k = cols*rows tiles of S x S (S = ``VisionConfig.image_size``, 448 for SEED-X) cut in
+row-major order from the image stretched to the chosen grid, plus one global thumbnail (the whole image
+stretched to S x S) appended last. Aspect ratio is not preserved, as in the official code: a 20000x50
+banner is squeezed into its grid like any other image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from PIL import Image
+
+from seedx_agent.config import VisionConfig
+from seedx_agent.errors import ConfigError, InvalidImageError
+from seedx_agent.images import to_rgb
+
+__all__ = [
+    "AnyResCrops",
+    "crop_image",
+    "parse_grids",
+    "preprocess",
+    "select_grid",
+    "select_grid_aspect",
+    "select_grid_max_resolution",
+    "vit_transform",
+]
+
+Size = tuple[int, int]  # (width, height) in pixels
+
+
+@dataclass(frozen=True)
+class AnyResCrops:
+    """One image's crops ready for the ViT: k tiles then the thumbnail, with their relative positions."""
+
+    pixel_values: torch.Tensor  # (k+1, 3, S, S), normalised with the CLIP statistics
+    patch_positions: torch.Tensor  # (k+1, 2) float32 (x, y) in (0, 1); thumbnail (0.5, 0.5)
+    grid: tuple[int, int]  # (cols, rows) of the tiling
+    image_size: tuple[int, int]  # (width, height) of the original image (box coordinates refer to it)
+
+    @property
+    def num_crops(self) -> int:
+        """Tiles plus the thumbnail (cols*rows + 1)."""
+        return int(self.pixel_values.shape[0])
+
+
+def parse_grids(grids: Sequence[str], base: int) -> list[Size]:
+    """Grid strings "AxB" -> candidate pixel sizes (A*base, B*base) as (width, height), in list order."""
+    if isinstance(grids, str):
+        raise ConfigError(f"grids must be a sequence of 'AxB' strings, got the single string {grids!r}; wrap it")
+    if not grids:
+        raise ConfigError("grids is empty; pass at least one 'AxB' grid such as '1x1'")
+    sizes = []
+    for grid in grids:
+        parts = grid.split("x") if isinstance(grid, str) else []
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"grid {grid!r} is not of the form 'AxB' with positive integers (e.g. '2x1')")
+        sizes.append((int(parts[0]) * base, int(parts[1]) * base))
+    return sizes
+
+
+def _check_inputs(size: Size, candidates: Sequence[Size]) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"image size {width}x{height} is empty; both sides must be at least 1 pixel")
+    if not candidates:
+        raise ConfigError("no grid candidates given; pass at least one (width, height)")
+
+
+def select_grid_max_resolution(size: Size, candidates: Sequence[Size]) -> Size:
+    """Rule 1 (LLaVA-NeXT): the candidate keeping the most original pixels after an aspect-preserving fit.
+
+    Ties on that effective resolution go to the smaller waste (W*H - effective), then to the earlier
+    candidate. Float and truncation arithmetic follow the official code exactly.
+    """
+    _check_inputs(size, candidates)
+    width, height = size
+    best: Size | None = None
+    max_effective, min_wasted = 0, math.inf
+    for cand_w, cand_h in candidates:
+        scale = min(cand_w / width, cand_h / height)
+        fitted_w, fitted_h = int(width * scale), int(height * scale)
+        effective = min(fitted_w * fitted_h, width * height)
+        wasted = cand_w * cand_h - effective
+        if effective > max_effective or (effective == max_effective and wasted < min_wasted):
+            best, max_effective, min_wasted = (cand_w, cand_h), effective, wasted
+    assert best is not None  # the first candidate always wins against min_wasted = inf
+    return best
+
+
+def select_grid_aspect(size: Size, candidates: Sequence[Size]) -> Size:
+    """Rule 2: the candidate with the closest aspect ratio (h/w), then the closest area, then the earlier."""
+    _check_inputs(size, candidates)
+    width, height = size
+    image_ratio, image_area = height / width, width * height
+    best: Size | None = None
+    min_aspect_penalty, min_area_penalty = math.inf, math.inf
+    for cand_w, cand_h in candidates:
+        ratio, area = cand_h / cand_w, cand_w * cand_h
+        aspect_penalty = max(ratio, image_ratio) / min(ratio, image_ratio)
+        area_penalty = max(area, image_area) / min(area, image_area)
+        if aspect_penalty < min_aspect_penalty or (
+            aspect_penalty == min_aspect_penalty and area_penalty < min_area_penalty
+        ):
+            best, min_aspect_penalty, min_area_penalty = (cand_w, cand_h), aspect_penalty, area_penalty
+    assert best is not None
+    return best
+
+
+def select_grid(size: Size, candidates: Sequence[Size]) -> Size:
+    """SEED-X's choice: the smaller-area result of rules 1 and 2 (rule 1 when the areas are equal)."""
+    by_resolution = select_grid_max_resolution(size, candidates)
+    by_aspect = select_grid_aspect(size, candidates)
+    if by_resolution[0] * by_resolution[1] > by_aspect[0] * by_aspect[1]:
+        return by_aspect
+    return by_resolution
+
+
+def crop_image(
+    image: PIL.Image.Image, config: VisionConfig, grids: Sequence[str]
+) -> tuple[list[PIL.Image.Image], list[tuple[float, float]], tuple[int, int]]:
+    """Tile ``image`` on its selected grid; returns (crops, positions, (cols, rows)).
+
+    Crops are the row-major S x S tiles of the image stretched (PIL bicubic) to the grid size, then the
+    thumbnail (the original stretched to S x S). Tile (row i, column j) sits at ((j+.5)/cols, (i+.5)/rows);
+    the thumbnail at (0.5, 0.5).
+    """
+    side = config.image_size
+    grid_w, grid_h = select_grid(image.size, parse_grids(grids, side))
+    cols, rows = grid_w // side, grid_h // side
+    resized = image.resize((grid_w, grid_h), Image.Resampling.BICUBIC)
+    crops: list[PIL.Image.Image] = []
+    positions: list[tuple[float, float]] = []
+    for row in range(rows):
+        for col in range(cols):
+            crops.append(resized.crop((col * side, row * side, (col + 1) * side, (row + 1) * side)))
+            positions.append(((col + 0.5) / cols, (row + 0.5) / rows))
+    crops.append(image.resize((side, side), Image.Resampling.BICUBIC))
+    positions.append((0.5, 0.5))
+    return crops, positions, (cols, rows)
+
+
+def _normalise(pixels: np.ndarray, config: VisionConfig) -> torch.Tensor:
+    """uint8 (n, S, S, 3) -> float32 (n, 3, S, S): ToTensor (/255) then Normalize ((x - mean) / std)."""
+    values = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)  # (n, 3, S, S)
+    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return values.sub(mean).div(std)
+
+
+def _resized_pixels(image: PIL.Image.Image, side: int) -> np.ndarray:
+    # torchvision Resize((S, S)) on a PIL image: bilinear, and a no-op copy when the size already matches.
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.Resampling.BILINEAR)
+    return np.array(image, dtype=np.uint8)  # (S, S, 3), a writable copy (torch.from_numpy needs one)
+
+
+def vit_transform(image: PIL.Image.Image, config: VisionConfig) -> torch.Tensor:
+    """One RGB image -> (3, S, S): stretch to S x S (bilinear), scale to [0, 1], normalise (§2)."""
+    rgb = image if image.mode == "RGB" else to_rgb(image, apply_exif_orientation=False)
+    return _normalise(_resized_pixels(rgb, config.image_size)[None], config)[0]
+
+
+def preprocess(image: PIL.Image.Image, config: VisionConfig, grids: Sequence[str]) -> AnyResCrops:
+    """Any-res the image and normalise every crop for the ViT (reference §3 + §2)."""
+    if not isinstance(image, PIL.Image.Image):
+        raise InvalidImageError(
+            f"preprocess expects a PIL image, got {type(image).__name__}; read it with seedx_agent.images.load_image"
+        )
+    # Orientation is load_image's job; here only the mode is normalised so sizes stay the caller's.
+    rgb = image if image.mode == "RGB" else to_rgb(image, apply_exif_orientation=False)
+    crops, positions, grid = crop_image(rgb, config, grids)
+    pixels = np.stack([_resized_pixels(crop, config.image_size) for crop in crops])  # (k+1, S, S, 3)
+    return AnyResCrops(
+        pixel_values=_normalise(pixels, config),
+        patch_positions=torch.tensor(positions, dtype=torch.float32),  # (k+1, 2)
+        grid=grid,
+        image_size=rgb.size,
+    )

@@ -1,0 +1,154 @@
+"""KV-cached decoding written for SEED-X: text, boxes and image blocks (reference §6.1, §6.2, §8).
+
+Once ``<img>`` is produced, the next ``num_image_tokens`` placeholders and ``</img>`` are fixed by
+the official forcing rule, so we feed all placeholders in ONE forward pass and keep their
+final-layer (post-norm) hidden states as the image features. The official loop needs one decoding
+step per placeholder and keeps every layer's hidden states; the result is the same (pinned by a test).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.tokens import TokenIds
+
+__all__ = ["GenerationOptions", "DecodeOutput", "decode", "apply_placeholder_mask", "sample_next_token"]
+
+logger = logging.getLogger(__name__)
+
+
+class GenerationOptions(BaseModel):
+    """How to pick tokens. Greedy by default, as the official code; sampling knobs really apply."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(512, ge=1, le=32768)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    seed: int | None = None
+    # "neg_inf": placeholders/</img> can never be emitted outside an image block (our default);
+    # "official_zero": their logits are set to 0.0 as in the official processor (§6.1).
+    placeholder_mask: Literal["neg_inf", "official_zero"] = "neg_inf"
+    # Replace an early end (EOS or running out of budget) by ``<img>`` when no image was produced yet.
+    require_image: bool = False
+    # "one_forward" (fast) or "per_token" (the official one-step-per-placeholder path, for checks).
+    image_block_mode: Literal["one_forward", "per_token"] = "one_forward"
+
+
+@dataclass
+class DecodeOutput:
+    token_ids: list[int]  # generated ids, image blocks included
+    image_hidden_states: list[torch.Tensor] = field(default_factory=list)  # each (num_image_tokens, hidden)
+    finish_reason: Literal["eos", "length"] = "length"
+    cache: object | None = None  # the KV cache after the last fed token (for prefix reuse)
+
+
+def apply_placeholder_mask(logits: torch.Tensor, ids: TokenIds, mode: str) -> torch.Tensor:
+    """Suppress image placeholders and ``</img>`` outside an image block (in place on a copy)."""
+    logits = logits.clone()
+    if mode == "official_zero":
+        logits[..., list(ids.image)] = 0.0
+        logits[..., ids.eoi] = 0.0
+    else:
+        logits[..., list(ids.image_all)] = float("-inf")
+        logits[..., ids.eoi] = float("-inf")
+    return logits
+
+
+def sample_next_token(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> int:
+    """Greedy argmax, or temperature / top-k / top-p sampling from ``logits`` (vocab,)."""
+    if not options.do_sample:
+        return int(torch.argmax(logits))
+    scores = logits.float() / options.temperature
+    if options.top_k > 0:
+        kth = torch.topk(scores, min(options.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if options.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(sorted_scores, dim=-1) >= options.top_p  # keep the first crossing token
+        scores = scores.scatter(0, order, sorted_scores.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+@torch.no_grad()
+def decode(
+    lvlm: SeedXLVLM,
+    ids: TokenIds,
+    *,
+    inputs_embeds: torch.Tensor,
+    last_prompt_token: int,
+    options: GenerationOptions,
+    cache: object | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> DecodeOutput:
+    """Decode after a prompt given as embeddings (1, seq, hidden); batch size 1 like the official code.
+
+    ``cache`` may hold the KV entries of a prefix of the prompt; then ``inputs_embeds`` holds only the
+    rest. ``last_prompt_token`` is the id of the prompt's final token (``<img>`` starts an image block).
+    """
+    from transformers import DynamicCache
+
+    model, head = lvlm.llm.model, lvlm.llm.lm_head
+    device = inputs_embeds.device
+    cache = cache if cache is not None else DynamicCache(config=lvlm.llm.config)
+    generator = None
+    if options.do_sample:
+        generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
+
+    def step(**kwargs: torch.Tensor) -> torch.Tensor:
+        return model(**kwargs, cache=cache, use_cache=True).last_hidden_state  # (1, n, hidden)
+
+    hidden_last = step(inputs_embeds=inputs_embeds)[:, -1]
+    block = torch.tensor([list(ids.image)], device=device)  # (1, num_image_tokens)
+    n_block = block.shape[1]
+    generated: list[int] = []
+    images: list[torch.Tensor] = []
+    last = last_prompt_token
+    finish: Literal["eos", "length"] = "length"
+
+    def emit(token: int) -> None:
+        generated.append(token)
+        if on_token is not None:
+            on_token(token)
+
+    while len(generated) < options.max_new_tokens:
+        if last == ids.boi:
+            if options.image_block_mode == "one_forward":
+                images.append(step(input_ids=block)[0])  # (num_image_tokens, hidden)
+            else:  # one decoding step per placeholder, as the official loop
+                states = [step(input_ids=block[:, i : i + 1])[0, 0] for i in range(n_block)]
+                images.append(torch.stack(states))
+            for token in ids.image:
+                emit(token)
+            next_token = ids.eoi
+        else:
+            logits = apply_placeholder_mask(head(hidden_last)[0].float(), ids, options.placeholder_mask)
+            if options.require_image and not images:
+                room = options.max_new_tokens - len(generated)
+                if room <= n_block + 2:  # only an image block (and EOS) still fits
+                    logits = torch.full_like(logits, float("-inf"))
+                    logits[ids.boi] = 0.0
+                elif int(torch.argmax(logits)) == ids.eos and not options.do_sample:
+                    logits[ids.eos] = float("-inf")
+                    logits[ids.boi] = float("inf")
+            next_token = sample_next_token(logits, options, generator)
+            if options.require_image and not images and next_token == ids.eos:
+                next_token = ids.boi
+        emit(next_token)
+        if next_token == ids.eos:
+            finish = "eos"
+            break
+        hidden_last = step(input_ids=torch.tensor([[next_token]], device=device))[:, -1]
+        last = next_token
+    return DecodeOutput(generated, images, finish, cache)

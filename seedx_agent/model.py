@@ -1,0 +1,522 @@
+"""``SeedX``: the facade that composes the pipeline modules; it adds no model maths of its own.
+
+Comprehension and grounding run the any-res ViT path into the LLM; generation decodes an image block
+whose hidden states go through the output resampler into the stage-1 de-tokenizer; editing needs the
+SEED-X-Edit LLM and the stage-2 de-tokenizer, and says so when they are not loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+
+from seedx_agent import prompts
+from seedx_agent.anyres import AnyResCrops, preprocess
+from seedx_agent.components import SeedXComponents, build_components, stage_for_variant
+from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig
+from seedx_agent.decoding import DecodeOutput, GenerationOptions, decode
+from seedx_agent.errors import CapabilityMissingError, CheckpointError, ConfigError, InvalidPromptError
+from seedx_agent.images import load_image
+from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.tokens import Box, TokenIds, parse_boxes, strip_tags
+from seedx_agent.vision import pool_tokens_4to1
+
+__all__ = [
+    "SeedX",
+    "ComprehendResult",
+    "GroundingResult",
+    "GeneratedImage",
+    "ChatMessage",
+    "ChatResult",
+    "ImageInput",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = str | Path | bytes | PIL.Image.Image | np.ndarray
+
+
+@dataclass
+class ComprehendResult:
+    """Answer about images: display text (tags stripped), raw text and any boxes it contains."""
+
+    text: str
+    raw_text: str
+    boxes: list[Box]
+    token_ids: list[int]
+
+
+@dataclass
+class GroundingResult:
+    """Boxes (pixel xyxy in the original image) for a phrase, with the model's text."""
+
+    boxes: list[Box]
+    text: str
+    raw_text: str
+
+    @property
+    def box(self) -> Box | None:
+        return self.boxes[0] if self.boxes else None
+
+
+@dataclass
+class GeneratedImage:
+    """An image produced by generation or editing, with the features the LLM regressed."""
+
+    image: PIL.Image.Image
+    images: list[PIL.Image.Image]
+    text: str
+    raw_text: str
+    features: torch.Tensor  # (num_images, num_image_tokens, vit_dim)
+    seed: int | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ChatMessage:
+    """One chat message; ``images`` only for user messages (any input ``load_image`` accepts)."""
+
+    role: Literal["user", "assistant"]
+    text: str = ""
+    images: Sequence[ImageInput] = ()
+
+
+@dataclass
+class ChatResult:
+    text: str
+    raw_text: str
+    images: list[PIL.Image.Image]
+    boxes: list[Box]
+    features: torch.Tensor | None
+
+
+def _default_dtype(device_map: dict[str, str]) -> torch.dtype:
+    """fp32 on CPU (as diffusers/transformers do), bf16 as soon as a component sits on CUDA."""
+    return torch.bfloat16 if any(torch.device(d).type == "cuda" for d in device_map.values()) else torch.float32
+
+
+class SeedX:
+    """A loaded SEED-X system: one ViT/tokenizer, one LLM per variant, de-tokenizer stages 1 and/or 2."""
+
+    def __init__(self, parts: SeedXComponents) -> None:
+        self.parts = parts
+        self.config: SeedXConfig = parts.config
+        self.tokenizer: SeedXTokenizer = parts.tokenizer
+        self.ids = TokenIds.from_vocab(parts.tokenizer, parts.config.lvlm.num_image_tokens)
+        self._negative_cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_preset(
+        cls,
+        name: str = "tiny-random",
+        *,
+        variants: Sequence[str] | None = None,
+        seed: int = 0,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        device_map: dict[str, str] | None = None,
+        tokenizer: SeedXTokenizer | None = None,
+    ) -> SeedX:
+        """Random (seeded) weights for a preset, e.g. for tests or GPU sizing. Full-size presets are big
+        and need ``tokenizer`` (the LLaMA-2 one is not bundled)."""
+        from seedx_agent.checkpoints import place
+
+        config = SeedXConfig.from_preset(name)
+        tokenizer = tokenizer or _tokenizer_for(config)
+        variants = tuple(variants) if variants else (config.variant,)
+        dmap = _device_map(device, device_map)
+        parts = build_components(config, tokenizer=tokenizer, variants=variants, seed=seed)
+        place(parts, device_map=dmap, dtype=dtype or _default_dtype(dmap))
+        return cls(parts)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        variants: Sequence[str] | None = None,
+        stages: Sequence[int] | None = None,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        device_map: dict[str, str] | None = None,
+        allow_pickle: bool = False,
+        vit_path: str | Path | None = None,
+        sdxl_path: str | Path | None = None,
+        preset: str = "seed-x-i",
+        quantize_llm: Literal[4, 8] | None = None,
+    ) -> SeedX:
+        """Load our safetensors layout (``config.json`` + ``manifest.json``) or the official release.
+
+        ``variants`` picks LLMs (e.g. ``("seed-x-i", "seed-x-edit")`` for generation and editing);
+        ``allow_pickle`` is needed for the official ``.bin``/``.pt`` files (loaded with
+        ``torch.load(weights_only=True)``). Nothing is ever downloaded.
+        """
+        from seedx_agent import checkpoints
+
+        if isinstance(path, str) and path in PRESETS:
+            raise ConfigError(f"{path!r} is a preset with random weights; use SeedX.from_preset({path!r})")
+        root = Path(path)
+        if not root.exists():
+            raise CheckpointError(f"checkpoint folder {str(root)!r} does not exist")
+        dmap = _device_map(device, device_map)
+        if (root / "manifest.json").is_file():
+            parts = checkpoints.load_components(root, variants=variants, stages=stages)
+        else:
+            layout = checkpoints.OfficialLayout.discover(root, vit_path=vit_path, sdxl_path=sdxl_path)
+            config = SeedXConfig.from_preset(preset)
+            chosen = tuple(variants) if variants else (config.variant,)
+            parts = checkpoints.load_official(
+                layout, config, variants=chosen, stages=stages, allow_pickle=allow_pickle
+            )
+        checkpoints.place(parts, device_map=dmap, dtype=dtype or _default_dtype(dmap))
+        if quantize_llm is not None:
+            for lvlm in parts.lvlms.values():
+                checkpoints.quantize_llm(lvlm, bits=quantize_llm)
+        return cls(parts)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write our safetensors layout; ``from_pretrained`` reads it back bit-exactly."""
+        from seedx_agent.checkpoints import save_components
+
+        save_components(self.parts, Path(folder))
+
+    # -- small accessors ---------------------------------------------------------------------------
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(self.parts.lvlms)
+
+    def _lvlm(self, variant: str | None, *, purpose: str, prefer: Sequence[str]) -> tuple[str, SeedXLVLM]:
+        if variant is not None:
+            if variant not in VARIANTS:
+                raise ConfigError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+            if variant not in self.parts.lvlms:
+                raise CapabilityMissingError(
+                    f"{purpose} asked for the {variant!r} LLM but only {list(self.variants)} are loaded; "
+                    f"load it with from_pretrained(..., variants=({variant!r}, ...))"
+                )
+            return variant, self.parts.lvlms[variant]
+        for name in prefer:
+            if name in self.parts.lvlms:
+                return name, self.parts.lvlms[name]
+        raise CapabilityMissingError(
+            f"{purpose} needs one of the LLM variants {list(prefer)}; loaded: {list(self.variants)}"
+        )
+
+    def _style(self, variant: str) -> str:
+        return variant
+
+    # -- image encoding ----------------------------------------------------------------------------
+    def _crops(self, images: Sequence[ImageInput], grids: Sequence[str]) -> tuple[list[PIL.Image.Image], list[AnyResCrops]]:
+        pil = [load_image(image) for image in images]
+        return pil, [preprocess(image, self.config.vision, grids) for image in pil]
+
+    @torch.no_grad()
+    def encode_crops(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """ViT features of normalised crops (n, 3, S, S) -> (n, vit_tokens, vit_dim)."""
+        vision = self.parts.vision
+        param = next(vision.parameters())
+        return vision(pixel_values.to(device=param.device, dtype=param.dtype))
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """One L2-normalised vector per image (mean of the thumbnail's ViT tokens), for image search."""
+        pil = [load_image(image) for image in images]
+        crops = [preprocess(image, self.config.vision, ("1x1",)) for image in pil]
+        thumbs = torch.stack([c.pixel_values[-1] for c in crops])  # (n, 3, S, S) thumbnails
+        features = self.encode_crops(thumbs).float().mean(dim=1)  # (n, vit_dim)
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+
+    def negative_features(self, *, pooled: bool) -> torch.Tensor:
+        """ViT features of the all-zero (normalised) image: the CFG negative of §9.2, cached."""
+        param = next(self.parts.vision.parameters())
+        key = (str(param.device), str(param.dtype))
+        if key not in self._negative_cache:
+            size = self.config.vision.image_size
+            zeros = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+            self._negative_cache[key] = self.encode_crops(zeros)  # (1, vit_tokens, vit_dim)
+        raw = self._negative_cache[key]
+        return pool_tokens_4to1(raw) if pooled else raw
+
+    # -- the LLM pass ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _run_llm(
+        self,
+        lvlm: SeedXLVLM,
+        prompt: prompts.Prompt,
+        crops: Sequence[AnyResCrops],
+        options: GenerationOptions,
+        on_token: Callable[[int], None] | None = None,
+    ) -> DecodeOutput:
+        input_ids, cmp_mask = self.tokenizer.encode_segments_with_mask(prompt.segments, add_bos=True)
+        budget = self.config.llm.max_position_embeddings
+        if len(input_ids) + options.max_new_tokens > budget:
+            raise InvalidPromptError(
+                f"prompt of {len(input_ids)} tokens plus max_new_tokens={options.max_new_tokens} exceeds the "
+                f"context of {budget}; shorten the text, use fewer/smaller images or lower max_new_tokens"
+            )
+        device = lvlm.device
+        ids_tensor = torch.tensor([input_ids], device=device)
+        mask_tensor = torch.tensor([cmp_mask], device=device)
+        image_embeds = None
+        if crops:
+            pixel_values = torch.cat([c.pixel_values for c in crops])  # (total_crops, 3, S, S)
+            positions = torch.cat([c.patch_positions for c in crops])  # (total_crops, 2)
+            features = self.encode_crops(pixel_values)
+            image_embeds = lvlm.embed_images(features, positions)
+        embeds = lvlm.inputs_embeds(ids_tensor, image_embeds, mask_tensor)
+        return decode(
+            lvlm, self.ids, inputs_embeds=embeds, last_prompt_token=input_ids[-1], options=options, on_token=on_token
+        )
+
+    def _answer_text(self, token_ids: Sequence[int]) -> str:
+        placeholders = set(self.ids.image)
+        kept = [t for t in token_ids if t not in placeholders and t != self.ids.boi and t != self.ids.eos]
+        return self.tokenizer.decode(kept)
+
+    def _options(self, options: GenerationOptions | None, **overrides: Any) -> GenerationOptions:
+        base = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens)
+        return base.model_copy(update=overrides) if overrides else base
+
+    # -- public abilities --------------------------------------------------------------------------
+    def comprehend(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        question: str,
+        *,
+        variant: str | None = None,
+        options: GenerationOptions | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> ComprehendResult:
+        """Answer ``question`` about one or more images (any-res with the 8 default grids)."""
+        image_list = _as_list(images)
+        name, lvlm = self._lvlm(variant, purpose="comprehension", prefer=("seed-x-i", "seed-x", "seed-x-edit"))
+        pil, crops = self._crops(image_list, self.config.anyres.grids)
+        tiles = [c.num_crops - 1 for c in crops]
+        prompt = prompts.comprehension_prompt(
+            self._style(name), tiles, question, self.config.lvlm.num_image_tokens  # type: ignore[arg-type]
+        )
+        out = self._run_llm(lvlm, prompt, crops, self._options(options), on_token)
+        raw = self._answer_text(out.token_ids)
+        boxes = parse_boxes(raw, pil[0].size) if len(pil) == 1 else []
+        return ComprehendResult(strip_tags(raw), raw, boxes, out.token_ids)
+
+    def ground(
+        self,
+        image: ImageInput,
+        phrase: str,
+        *,
+        variant: str | None = None,
+        options: GenerationOptions | None = None,
+    ) -> GroundingResult:
+        """Locate ``phrase``; boxes come back in pixel xyxy of the original image (§7.1)."""
+        name, lvlm = self._lvlm(variant, purpose="grounding", prefer=("seed-x-i", "seed-x"))
+        pil, crops = self._crops([image], self.config.anyres.grids)
+        prompt = prompts.grounding_prompt(
+            self._style(name), crops[0].num_crops - 1, phrase, self.config.lvlm.num_image_tokens  # type: ignore[arg-type]
+        )
+        out = self._run_llm(lvlm, prompt, crops, self._options(options))
+        raw = self._answer_text(out.token_ids)
+        boxes = parse_boxes(raw, pil[0].size, label=phrase)
+        return GroundingResult(boxes, strip_tags(raw), raw)
+
+    def _render(
+        self,
+        stage: int,
+        features: torch.Tensor,
+        *,
+        condition: PIL.Image.Image | None,
+        seed: int | None,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        image_guidance_scale: float | None,
+        size: int | None,
+        scheduler: str,
+        progress: bool,
+    ) -> list[PIL.Image.Image]:
+        detok = self.parts.detokenizers.get(stage)
+        if detok is None:
+            raise CapabilityMissingError(
+                f"the stage-{stage} de-tokenizer is not loaded (loaded stages: {sorted(self.parts.detokenizers)}); "
+                f"load it with from_pretrained(..., stages=({stage},))"
+            )
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        negative = self.negative_features(pooled=features.shape[1] != self.negative_features(pooled=False).shape[1])
+        kwargs: dict[str, Any] = {}
+        if stage == 2:
+            kwargs = {"condition_images": [condition] if condition is not None else None,
+                      "image_guidance_scale": image_guidance_scale}
+        return detok.generate(
+            features, negative, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, scheduler=scheduler, output_size=size, progress=progress, **kwargs,
+        )
+
+    def generate_image(
+        self,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        size: int | None = None,
+        scheduler: str = "euler",
+        variant: str | None = None,
+        options: GenerationOptions | None = None,
+        progress: bool = False,
+    ) -> GeneratedImage:
+        """Text-to-image: the LLM writes an image block; its features go to the stage-1 de-tokenizer.
+
+        If the model would stop without opening an image, ``<img>`` is forced instead (documented
+        deviation: the official script just returns no image).
+        """
+        name, lvlm = self._lvlm(variant, purpose="generate_image", prefer=("seed-x-i", "seed-x"))
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        text_prompt = prompts.generation_prompt(self._style(name), prompt)  # type: ignore[arg-type]
+        opts = self._options(
+            options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image), require_image=True
+        )
+        out = self._run_llm(lvlm, text_prompt, [], opts)
+        timings["llm_s"] = time.perf_counter() - start
+        if not out.image_hidden_states:
+            raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
+        features = lvlm.regress_images(torch.stack(out.image_hidden_states))  # (n, tokens, vit_dim)
+        start = time.perf_counter()
+        pictures = self._render(
+            stage_for_variant(name), features[:1], condition=None, seed=seed,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            image_guidance_scale=None, size=size, scheduler=scheduler, progress=progress,
+        )
+        timings["detokenizer_s"] = time.perf_counter() - start
+        raw = self._answer_text(out.token_ids)
+        return GeneratedImage(pictures[0], pictures, strip_tags(raw), raw, features, seed, timings)
+
+    def edit_image(
+        self,
+        image: ImageInput,
+        instruction: str,
+        *,
+        seed: int | None = 42,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        size: int | None = None,
+        scheduler: str = "euler",
+        options: GenerationOptions | None = None,
+        progress: bool = False,
+    ) -> GeneratedImage:
+        """Edit ``image`` following ``instruction`` with SEED-X-Edit + the stage-2 de-tokenizer (§8.1 C)."""
+        missing = []
+        if "seed-x-edit" not in self.parts.lvlms:
+            missing.append("the 'seed-x-edit' LLM")
+        if 2 not in self.parts.detokenizers:
+            missing.append("the stage-2 de-tokenizer")
+        if missing:
+            raise CapabilityMissingError(
+                "edit_image needs " + " and ".join(missing) + f" (loaded LLMs: {list(self.variants)}, "
+                f"de-tokenizer stages: {sorted(self.parts.detokenizers)}); load with "
+                "variants=('seed-x-i', 'seed-x-edit') so both stages are present"
+            )
+        lvlm = self.parts.lvlms["seed-x-edit"]
+        pil, crops = self._crops([image], self.config.anyres.edit_grids)
+        prompt = prompts.edit_prompt(crops[0].num_crops - 1, instruction, self.config.lvlm.num_image_tokens)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        out = self._run_llm(lvlm, prompt, crops, self._options(options, require_image=True))
+        timings["llm_s"] = time.perf_counter() - start
+        features = lvlm.regress_images(torch.stack(out.image_hidden_states))
+        start = time.perf_counter()
+        pictures = self._render(
+            2, features[:1], condition=pil[0], seed=seed, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, size=size,
+            scheduler=scheduler, progress=progress,
+        )
+        timings["detokenizer_s"] = time.perf_counter() - start
+        raw = self._answer_text(out.token_ids)
+        return GeneratedImage(pictures[0], pictures, strip_tags(raw), raw, features, seed, timings)
+
+    def reconstruct(self, image: ImageInput, *, seed: int | None = 0, num_inference_steps: int | None = None,
+                    scheduler: str = "euler") -> PIL.Image.Image:
+        """De-tokenizer alone: image -> ViT (raw tokens) -> stage-1 de-tokenizer (§8.1 D)."""
+        pil = load_image(image)
+        crop = preprocess(pil, self.config.vision, ("1x1",))
+        features = self.encode_crops(crop.pixel_values[-1:])  # thumbnail (1, vit_tokens, vit_dim)
+        return self._render(1, features, condition=None, seed=seed, num_inference_steps=num_inference_steps,
+                            guidance_scale=None, image_guidance_scale=None, size=None, scheduler=scheduler,
+                            progress=False)[0]
+
+    def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        variant: str | None = None,
+        options: GenerationOptions | None = None,
+        seed: int | None = None,
+        num_inference_steps: int | None = None,
+        render_images: bool = True,
+        on_token: Callable[[int], None] | None = None,
+    ) -> ChatResult:
+        """Multi-turn chat with interleaved outputs: text, boxes (on the first image) and images."""
+        name, lvlm = self._lvlm(variant, purpose="chat", prefer=("seed-x-i",))
+        if not messages:
+            raise InvalidPromptError("messages is empty; pass at least one user message")
+        turns, all_images, all_crops = [], [], []
+        for index, message in enumerate(messages):
+            if not isinstance(message, ChatMessage):
+                raise InvalidPromptError(f"message {index} is a {type(message).__name__}; use ChatMessage")
+            if message.role == "assistant" and message.images:
+                raise InvalidPromptError(f"message {index}: assistant messages cannot carry input images")
+            pil, crops = self._crops(list(message.images), self.config.anyres.grids) if message.images else ([], [])
+            all_images += pil
+            all_crops += crops
+            turns.append(prompts.Turn(message.role, message.text, tuple(c.num_crops - 1 for c in crops)))
+        prompt = prompts.chat_prompt(self._style(name), turns, self.config.lvlm.num_image_tokens)  # type: ignore[arg-type]
+        out = self._run_llm(lvlm, prompt, all_crops, self._options(options), on_token)
+        raw = self._answer_text(out.token_ids)
+        boxes = parse_boxes(raw, all_images[0].size) if all_images else []
+        features = lvlm.regress_images(torch.stack(out.image_hidden_states)) if out.image_hidden_states else None
+        pictures: list[PIL.Image.Image] = []
+        if features is not None and render_images:
+            for i in range(features.shape[0]):
+                pictures += self._render(
+                    1, features[i : i + 1], condition=None, seed=seed, num_inference_steps=num_inference_steps,
+                    guidance_scale=None, image_guidance_scale=None, size=None, scheduler="euler", progress=False,
+                )
+        return ChatResult(strip_tags(raw), raw, pictures, boxes, features)
+
+
+def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    if isinstance(images, (str, Path, bytes, PIL.Image.Image, np.ndarray)):
+        return [images]
+    result = list(images)
+    if not result:
+        raise InvalidPromptError("no image given; pass at least one image")
+    return result
+
+
+def _device_map(device: str | None, device_map: dict[str, str] | None) -> dict[str, str]:
+    if device_map is not None:
+        unknown = set(device_map) - {"vision", "llm", "detokenizer"}
+        if unknown:
+            raise ConfigError(f"device_map keys must be 'vision', 'llm', 'detokenizer'; got {sorted(unknown)}")
+        base = device or "cpu"
+        return {k: device_map.get(k, base) for k in ("vision", "llm", "detokenizer")}
+    return dict.fromkeys(("vision", "llm", "detokenizer"), device or "cpu")
+
+
+def _tokenizer_for(config: SeedXConfig) -> SeedXTokenizer:
+    if config.llm.vocab_size == SeedXTokenizer.tiny().vocab_size:
+        return SeedXTokenizer.tiny()
+    raise CheckpointError(
+        f"preset {config.name!r} needs the LLaMA-2 tokenizer ({config.llm.vocab_size} tokens), which is not bundled; "
+        "load a checkpoint folder with SeedX.from_pretrained(path) instead"
+    )

@@ -1,0 +1,198 @@
+"""Prompt templates of the three SEED-X variants; the only place prompt strings live (reference §7).
+
+Prompts are built as segments: plain text (never scanned for tokens, so user text cannot inject image
+or box tokens) and ``Special`` added tokens. ``Prompt.text`` gives the exact official string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from seedx_agent.errors import ConfigError, InvalidPromptError
+from seedx_agent.tokens import BOI, BOP, BOX_START, EOI, EOP, InputSlot, Special, image_token
+
+__all__ = [
+    "Prompt",
+    "Turn",
+    "image_segments",
+    "comprehension_prompt",
+    "grounding_prompt",
+    "generation_prompt",
+    "edit_prompt",
+    "chat_prompt",
+    "INST_OPEN",
+    "INST_CLOSE",
+    "MAX_PROMPT_CHARS",
+]
+
+INST_OPEN, INST_CLOSE = "[INST] ", " [/INST]\n"
+GENERATE_PREFIX = "Generate an image: "
+# SEED-X-I grounding is a free question (§7); this phrasing asks for the location like the demo does.
+GROUNDING_QUESTION = "Where is {phrase}? Show me the location."
+PRETRAINED_GROUNDING_SUFFIX = " [["
+MAX_PROMPT_CHARS = 20_000
+
+Style = Literal["seed-x", "seed-x-i", "seed-x-edit"]
+
+
+@dataclass
+class Prompt:
+    """A prompt as segments plus the number of crops whose features it expects, in order."""
+
+    segments: list[str] = field(default_factory=list)
+    num_input_crops: int = 0
+
+    def add_text(self, text: str) -> Prompt:
+        self.segments.append(str(text))
+        return self
+
+    def add_special(self, token: str) -> Prompt:
+        self.segments.append(Special(token))
+        return self
+
+    def extend(self, other: Prompt) -> Prompt:
+        self.segments.extend(other.segments)
+        self.num_input_crops += other.num_input_crops
+        return self
+
+    @property
+    def text(self) -> str:
+        return "".join(self.segments)
+
+    @property
+    def ends_with_boi(self) -> bool:
+        return bool(self.segments) and isinstance(self.segments[-1], Special) and self.segments[-1] == BOI
+
+
+def _user_text(text: str, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidPromptError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidPromptError(f"{what} is empty; pass a non-empty string")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidPromptError(f"{what} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return text
+
+
+def _block(prompt: Prompt, begin: str, end: str, num_image_tokens: int) -> None:
+    prompt.add_special(begin)
+    for i in range(num_image_tokens):
+        prompt.segments.append(InputSlot(image_token(i)))
+    prompt.add_special(end)
+    prompt.num_input_crops += 1
+
+
+def image_segments(num_tiles: int, num_image_tokens: int) -> Prompt:
+    """Any-res block of one image: ``num_tiles`` ``<patch>`` blocks, then the thumbnail ``<img>`` block."""
+    if num_tiles < 0:
+        raise ValueError("num_tiles must be >= 0")
+    prompt = Prompt()
+    for _ in range(num_tiles):
+        _block(prompt, BOP, EOP, num_image_tokens)
+    _block(prompt, BOI, EOI, num_image_tokens)
+    return prompt
+
+
+def _images(tiles_per_image: Sequence[int], num_image_tokens: int) -> Prompt:
+    prompt = Prompt()
+    for tiles in tiles_per_image:
+        prompt.extend(image_segments(tiles, num_image_tokens))
+    return prompt
+
+
+def _check_style(style: str) -> None:
+    if style not in ("seed-x", "seed-x-i", "seed-x-edit"):
+        raise ConfigError(f"unknown prompt style {style!r}; use 'seed-x', 'seed-x-i' or 'seed-x-edit'")
+
+
+def comprehension_prompt(
+    style: Style, tiles_per_image: Sequence[int], question: str, num_image_tokens: int, *, image_first: bool = True
+) -> Prompt:
+    """Question about images: ``[INST] <images>question [/INST]\\n`` or ``Question: <images>q\\nAnswer:``."""
+    _check_style(style)
+    question = _user_text(question, "question")
+    images = _images(tiles_per_image, num_image_tokens)
+    body = Prompt()
+    if image_first:
+        body.extend(images).add_text(question)
+    else:
+        body.add_text(question).extend(images)
+    if style == "seed-x":
+        return Prompt().add_text("Question: ").extend(body).add_text("\nAnswer:")
+    return Prompt().add_text(INST_OPEN).extend(body).add_text(INST_CLOSE)
+
+
+def grounding_prompt(style: Style, num_tiles: int, phrase: str, num_image_tokens: int) -> Prompt:
+    """Ask for a box: pre-trained ``<image>phrase [[ <box_start>``; instruct: a located question."""
+    _check_style(style)
+    phrase = _user_text(phrase, "phrase")
+    images = image_segments(num_tiles, num_image_tokens)
+    if style == "seed-x":
+        return Prompt().extend(images).add_text(phrase + PRETRAINED_GROUNDING_SUFFIX).add_special(BOX_START)
+    question = GROUNDING_QUESTION.format(phrase=phrase)
+    return Prompt().add_text(INST_OPEN).extend(images).add_text(question).add_text(INST_CLOSE)
+
+
+def generation_prompt(style: Style, caption: str) -> Prompt:
+    """Text-to-image: pre-trained ``{caption}<img>`` (forces an image) or the instruct template."""
+    _check_style(style)
+    caption = _user_text(caption, "prompt")
+    if style == "seed-x":
+        return Prompt().add_text(caption).add_special(BOI)
+    return Prompt().add_text(INST_OPEN + GENERATE_PREFIX).add_text(caption).add_text(INST_CLOSE)
+
+
+def edit_prompt(num_tiles: int, instruction: str, num_image_tokens: int, *, image_first: bool = True) -> Prompt:
+    """SEED-X-Edit: ``[INST] <source image>instruction [/INST]\\n`` (single turn, §7)."""
+    instruction = _user_text(instruction, "instruction")
+    images = image_segments(num_tiles, num_image_tokens)
+    body = Prompt()
+    if image_first:
+        body.extend(images).add_text(instruction)
+    else:
+        body.add_text(instruction).extend(images)
+    return Prompt().add_text(INST_OPEN).extend(body).add_text(INST_CLOSE)
+
+
+@dataclass
+class Turn:
+    """One chat turn. ``images`` (user turns only) are given as tile counts of their any-res split;
+    assistant turns carry ``text`` that may already contain special segments (a replayed answer)."""
+
+    role: Literal["user", "assistant"]
+    text: str = ""
+    tiles_per_image: tuple[int, ...] = ()
+    segments: list[str] | None = None  # pre-built assistant segments (e.g. with an image block)
+
+
+def chat_prompt(style: Style, turns: Sequence[Turn], num_image_tokens: int) -> Prompt:
+    """Multi-turn SFT format: first user turn ``[INST] .. [/INST]\\n``, later ``\\n[INST] .. [/INST]\\n``,
+    assistant text appended raw, no ``</s>`` between turns (§7). Must end with a user turn."""
+    _check_style(style)
+    if style == "seed-x":
+        raise ConfigError("the pre-trained seed-x has no chat format; use seed-x-i for multi-turn chat")
+    if not turns or turns[-1].role != "user":
+        raise InvalidPromptError("a chat must be non-empty and end with a user turn")
+    prompt = Prompt()
+    seen_user = False
+    for index, turn in enumerate(turns):
+        if turn.role == "user":
+            has_images = bool(turn.tiles_per_image)
+            text = turn.text if has_images and not turn.text.strip() else _user_text(turn.text, f"turn {index} text")
+            prompt.add_text(("\n" if seen_user else "") + INST_OPEN)
+            if has_images:
+                prompt.extend(_images(turn.tiles_per_image, num_image_tokens))
+            prompt.add_text(text).add_text(INST_CLOSE)
+            seen_user = True
+        elif turn.role == "assistant":
+            if not seen_user:
+                raise InvalidPromptError("a chat must start with a user turn")
+            if turn.segments is not None:
+                prompt.segments.extend(turn.segments)
+            else:
+                prompt.add_text(turn.text)
+        else:
+            raise InvalidPromptError(f"turn {index} has unknown role {turn.role!r}; use 'user' or 'assistant'")
+    return prompt

@@ -1,0 +1,97 @@
+"""Subprocess side of the memory's lock and crash tests (run as ``python memory_worker.py MODE ROOT``).
+
+Modes:
+  hold      open the memory, print ``ready <pid>``, keep it open until stdin closes.
+  try-open  try to open the memory; print ``locked <message>`` (exit 0) or ``opened`` (exit 1).
+  ingest    open, print ``ready``, then add and delete images forever, printing ``add <n> <id>`` after each
+            add returns, ``deleting <id>`` before and ``del <id>`` after each delete (the parent SIGKILLs it
+            at a random time).
+Every non-loopback connection attempt is reported as a ``network <address>`` line and refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+
+from memory_helpers import noise_image, tiny_image_embedder
+from seedx_agent.memory import ImageMemory, MemoryLockedError
+
+DISTINCT_CONTENTS = 5  # image n has the pixels of noise_image(n % 5): records share files
+
+
+def _guard_network() -> None:
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host != "localhost":
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                print(f"network {address!r}", flush=True)
+                raise OSError("network blocked in memory worker")
+        return real_connect(self, address)
+
+    socket.socket.connect = guarded  # type: ignore[method-assign]
+
+
+def main() -> int:
+    _guard_network()
+    mode, root = sys.argv[1], sys.argv[2]
+    if mode == "try-open":
+        try:
+            memory = ImageMemory.open(root, image_embedder=tiny_image_embedder)
+        except MemoryLockedError as error:
+            print(f"locked {error}", flush=True)
+            return 0
+        memory.close()
+        print("opened", flush=True)
+        return 1
+    memory = ImageMemory.open(root, image_embedder=tiny_image_embedder)
+    print(f"ready {os.getpid()}", flush=True)
+    if mode == "hold":
+        sys.stdin.read()
+        memory.close()
+        return 0
+    live: list[str] = []
+    number = 0
+    for step in range(100_000):
+        if step % 3 == 2:
+            numbers = list(range(number, number + 3))
+            records = memory.add_many(
+                [noise_image(n % DISTINCT_CONTENTS) for n in numbers],
+                kind="generated",
+                namespace="crash/test",
+                prompts=[f"item {n}" for n in numbers],
+                batch_size=2,
+                progress=False,
+            )
+        else:
+            numbers = [number]
+            records = [
+                memory.add(
+                    noise_image(number % DISTINCT_CONTENTS),
+                    kind="input",
+                    namespace="crash/test",
+                    prompt=f"item {number}",
+                )
+            ]
+        for n, record in zip(numbers, records):
+            print(f"add {n} {record.id}", flush=True)
+            live.append(record.id)
+        number += len(numbers)
+        if step % 4 == 3:
+            victim = live.pop(0)
+            print(f"deleting {victim}", flush=True)
+            memory.delete(victim)
+            print(f"del {victim}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+import pytest
+
+from seedx_agent import prompts
+from seedx_agent.errors import ConfigError, InvalidPromptError
+from seedx_agent.tokens import image_block, patch_block
+
+
+def test_official_strings():
+    img = patch_block(4) + patch_block(4) + image_block(4)
+    assert prompts.comprehension_prompt("seed-x-i", [2], "Describe it.", 4).text == f"[INST] {img}Describe it. [/INST]\n"
+    assert prompts.comprehension_prompt("seed-x", [2], "Describe it.", 4).text == f"Question: {img}Describe it.\nAnswer:"
+    assert prompts.grounding_prompt("seed-x", 2, "a car", 4).text == f"{img}a car [[<box_start>"
+    assert prompts.generation_prompt("seed-x", "a cat").text == "a cat<img>"
+    assert prompts.generation_prompt("seed-x", "a cat").ends_with_boi
+    assert prompts.generation_prompt("seed-x-i", "a cat").text == "[INST] Generate an image: a cat [/INST]\n"
+    one = patch_block(4) + image_block(4)
+    assert prompts.edit_prompt(1, "Make it red.", 4).text == f"[INST] {one}Make it red. [/INST]\n"
+    assert prompts.edit_prompt(1, "Make it red.", 4, image_first=False).text == f"[INST] Make it red.{one} [/INST]\n"
+
+
+def test_crop_counting():
+    p = prompts.comprehension_prompt("seed-x-i", [3, 0], "Compare.", 64)
+    assert p.num_input_crops == 4 + 1
+    assert p.text.count("<img_00063>") == 5
+
+
+def test_multi_turn_format():
+    turns = [
+        prompts.Turn("user", "What is it?", (1,)),
+        prompts.Turn("assistant", "A dog."),
+        prompts.Turn("user", "What color?"),
+    ]
+    text = prompts.chat_prompt("seed-x-i", turns, 2).text
+    img = patch_block(2) + image_block(2)
+    assert text == f"[INST] {img}What is it? [/INST]\nA dog.\n[INST] What color? [/INST]\n"
+    assert "</s>" not in text
+
+
+@pytest.mark.parametrize("bad", ["", "   ", 5, "x" * 20001])
+def test_bad_user_text(bad):
+    with pytest.raises(InvalidPromptError):
+        prompts.generation_prompt("seed-x-i", bad)
+
+
+def test_bad_chats_and_styles():
+    with pytest.raises(InvalidPromptError, match="end with a user turn"):
+        prompts.chat_prompt("seed-x-i", [prompts.Turn("user", "hi"), prompts.Turn("assistant", "yo")], 4)
+    with pytest.raises(InvalidPromptError, match="start with a user"):
+        prompts.chat_prompt("seed-x-i", [prompts.Turn("assistant", "yo"), prompts.Turn("user", "hi")], 4)
+    with pytest.raises(ConfigError, match="no chat format"):
+        prompts.chat_prompt("seed-x", [prompts.Turn("user", "hi")], 4)
+    with pytest.raises(ConfigError, match="unknown prompt style"):
+        prompts.generation_prompt("llava", "a cat")
