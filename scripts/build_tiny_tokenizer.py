@@ -46,7 +46,10 @@ def corpus() -> str:
     return "\n".join(lines)
 
 
-def main(out: Path = Path(__file__).resolve().parents[1] / "seedx_agent/assets/tiny_tokenizer") -> None:
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "seedx_agent/assets/tiny_tokenizer"
+
+
+def main(out: Path = DEFAULT_OUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(

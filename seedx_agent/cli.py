@@ -50,8 +50,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report["comprehend"] = {"text": answer.text, "seconds": round(time.perf_counter() - t, 2)}
     t = time.perf_counter()
     grounding = model.ground(scene, "the red circle")
-    report["ground"] = {"boxes": [b.as_tuple() for b in grounding.boxes], "text": grounding.text,
-                        "seconds": round(time.perf_counter() - t, 2)}
+    report["ground"] = {
+        "boxes": [b.as_tuple() for b in grounding.boxes],
+        "text": grounding.text,
+        "seconds": round(time.perf_counter() - t, 2),
+    }
     t = time.perf_counter()
     generated = model.generate_image("a red circle at the top left", seed=args.seed, progress=not args.quiet)
     generated.image.save(out / "generated.png")
@@ -72,8 +75,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     convert_official(
-        Path(args.source), Path(args.out), variants=tuple(args.variants), stages=tuple(args.stages) or None,
-        allow_pickle=args.allow_pickle, vit_path=args.vit, sdxl_path=args.sdxl,
+        Path(args.source),
+        Path(args.out),
+        variants=tuple(args.variants),
+        stages=tuple(args.stages) or None,
+        allow_pickle=args.allow_pickle,
+        vit_path=args.vit,
+        sdxl_path=args.sdxl,
     )
     print(f"converted {args.source} -> {args.out} in {time.perf_counter() - start:.1f}s")
     return 0
@@ -106,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--stages", nargs="*", type=int, default=[], choices=[1, 2])
     convert.add_argument("--vit", default=None, help="path of qwen_vit_G.pt (default: SOURCE/QwenViT/qwen_vit_G.pt)")
     convert.add_argument("--sdxl", default=None, help="SDXL-base folder (default: SOURCE/stable-diffusion-xl-base-1.0)")
-    convert.add_argument("--allow-pickle", action="store_true",
-                         help="read the official pickle .bin/.pt files (torch.load weights_only=True)")
+    convert.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read the official pickle .bin/.pt files (torch.load weights_only=True)",
+    )
     convert.set_defaults(func=cmd_convert)
 
     info = sub.add_parser("info", help="print components and parameter counts")
@@ -122,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     from seedx_agent.errors import SeedXError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except SeedXError as exc:

@@ -90,6 +90,9 @@ def build_components(
             if stage not in (1, 2):
                 raise ConfigError(f"de-tokenizer stage must be 1 or 2, got {stage!r}")
             detoks[stage] = Detokenizer(config.detokenizer if stage == 1 else config.edit_detokenizer)
+        if 1 in detoks and 2 in detoks and detoks[1].vae is not None and detoks[2].vae is not None:
+            # The release ships one SDXL VAE for both stages; random builds share it the same way.
+            detoks[2].vae.load_state_dict(detoks[1].vae.state_dict())
     parts = SeedXComponents(config, tokenizer, vision, lvlms, detoks)
     for _, module in parts.modules():
         module.eval()

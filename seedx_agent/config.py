@@ -16,18 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from seedx_agent.errors import ConfigError, UnknownPresetError
 
 __all__ = [
-    "VisionConfig",
-    "QwenResamplerConfig",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "PRESETS",
+    "VARIANTS",
+    "AnyResConfig",
+    "DetokenizerConfig",
     "LLMConfig",
     "LVLMConfig",
     "PerceiverConfig",
-    "DetokenizerConfig",
-    "AnyResConfig",
+    "QwenResamplerConfig",
     "SeedXConfig",
-    "VARIANTS",
-    "PRESETS",
-    "CLIP_MEAN",
-    "CLIP_STD",
+    "VisionConfig",
 ]
 
 Variant = Literal["seed-x", "seed-x-i", "seed-x-edit"]
@@ -254,12 +254,16 @@ class DetokenizerConfig(_Config):
     def _check(self) -> DetokenizerConfig:
         want_in = self.latent_channels * (2 if self.stage == 2 else 1)
         if self.unet.get("in_channels") != want_in:
-            raise ConfigError(f"stage-{self.stage} UNet needs in_channels={want_in}, got {self.unet.get('in_channels')}")
+            raise ConfigError(
+                f"stage-{self.stage} UNet needs in_channels={want_in}, got {self.unet.get('in_channels')}"
+            )
         if self.unet.get("cross_attention_dim") != self.perceiver.cross_attention_dim:
             raise ConfigError("unet cross_attention_dim must equal the perceiver's prompt_dims sum")
         time_dim = int(self.unet.get("addition_time_embed_dim", 0))
         if self.unet.get("projection_class_embeddings_input_dim") != self.perceiver.pooled_dim + 6 * time_dim:
-            raise ConfigError("unet projection_class_embeddings_input_dim must be pooled_dim + 6 * addition_time_embed_dim")
+            raise ConfigError(
+                "unet projection_class_embeddings_input_dim must be pooled_dim + 6 * addition_time_embed_dim"
+            )
         return self
 
 
@@ -293,9 +297,7 @@ class SeedXConfig(_Config):
     llm: LLMConfig = LLMConfig()
     lvlm: LVLMConfig = LVLMConfig()
     detokenizer: DetokenizerConfig = DetokenizerConfig(stage=1)
-    edit_detokenizer: DetokenizerConfig = DetokenizerConfig(
-        stage=2, unet={**SDXL_UNET, "in_channels": 8}
-    )
+    edit_detokenizer: DetokenizerConfig = DetokenizerConfig(stage=2, unet={**SDXL_UNET, "in_channels": 8})
     anyres: AnyResConfig = AnyResConfig()
     max_new_tokens: int = 512
     max_new_tokens_image: int = 120
@@ -359,8 +361,16 @@ TINY_VOCAB_BASE = 512  # size of the bundled test SentencePiece model (seedx_age
 
 def _tiny_detokenizer(stage: int) -> DetokenizerConfig:
     perceiver = PerceiverConfig(
-        dim=32, depth=2, heads=2, dim_head=16, num_latents=8, input_dim=48, ff_mult=2,
-        prompt_dims=(16, 24), pooled_dim=24, pool_heads=2,
+        dim=32,
+        depth=2,
+        heads=2,
+        dim_head=16,
+        num_latents=8,
+        input_dim=48,
+        ff_mult=2,
+        prompt_dims=(16, 24),
+        pooled_dim=24,
+        pool_heads=2,
     )
     unet = {
         **SDXL_UNET,
@@ -386,7 +396,11 @@ def _tiny_detokenizer(stage: int) -> DetokenizerConfig:
         "sample_size": 32,
     }
     return DetokenizerConfig(
-        stage=stage, perceiver=perceiver, unet=unet, vae=vae, image_size=32,  # type: ignore[arg-type]
+        stage=stage,
+        perceiver=perceiver,
+        unet=unet,
+        vae=vae,
+        image_size=32,  # type: ignore[arg-type]
         num_inference_steps=4,
     )
 
@@ -396,12 +410,25 @@ def _tiny_random() -> SeedXConfig:
         name="tiny-random",
         variant="seed-x-i",
         vision=VisionConfig(
-            image_size=56, patch_size=14, width=32, layers=2, heads=4, mlp_width=64, output_dim=48,
-            pos_embed_grid=2, pool_grid=4, pool_heads=4,
+            image_size=56,
+            patch_size=14,
+            width=32,
+            layers=2,
+            heads=4,
+            mlp_width=64,
+            output_dim=48,
+            pos_embed_grid=2,
+            pool_grid=4,
+            pool_heads=4,
         ),
         llm=LLMConfig(
-            vocab_size=TINY_VOCAB_BASE + 330, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4,
-            intermediate_size=128, max_position_embeddings=2048,
+            vocab_size=TINY_VOCAB_BASE + 330,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=2048,
         ),
         lvlm=LVLMConfig(
             num_image_tokens=4,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.tokens import TokenIds
 
-__all__ = ["GenerationOptions", "DecodeOutput", "decode", "apply_placeholder_mask", "sample_next_token"]
+__all__ = ["DecodeOutput", "GenerationOptions", "apply_placeholder_mask", "decode", "sample_next_token"]
 
 logger = logging.getLogger(__name__)
 

@@ -7,20 +7,20 @@ Python exceptions so they are not mistaken for user mistakes.
 from __future__ import annotations
 
 __all__ = [
-    "SeedXError",
-    "ConfigError",
-    "UnknownPresetError",
-    "InvalidImageError",
-    "ImageTooLargeError",
-    "InvalidPromptError",
-    "InvalidBoxError",
-    "ImageTokenMismatchError",
-    "CheckpointError",
-    "StateDictMismatchError",
-    "UnsafeCheckpointError",
     "CapabilityMissingError",
+    "CheckpointError",
+    "ConfigError",
     "DependencyMissingError",
+    "ImageTokenMismatchError",
+    "ImageTooLargeError",
+    "InvalidBoxError",
+    "InvalidImageError",
+    "InvalidPromptError",
     "ResourceExhaustedError",
+    "SeedXError",
+    "StateDictMismatchError",
+    "UnknownPresetError",
+    "UnsafeCheckpointError",
 ]
 
 
@@ -85,9 +85,7 @@ class StateDictMismatchError(CheckpointError):
         if self.missing:
             lines.append(f"  missing keys ({len(self.missing)}): " + ", ".join(self.missing[:50]))
         if self.unexpected:
-            lines.append(
-                f"  unexpected keys ({len(self.unexpected)}): " + ", ".join(self.unexpected[:50])
-            )
+            lines.append(f"  unexpected keys ({len(self.unexpected)}): " + ", ".join(self.unexpected[:50]))
         if self.mismatched:
             lines.append(
                 f"  mis-shaped keys ({len(self.mismatched)}): "

@@ -18,7 +18,7 @@ from seedx_agent.errors import ImageTokenMismatchError
 from seedx_agent.resampler import QwenResampler
 from seedx_agent.vision import pool_tokens_4to1
 
-__all__ = ["SeedXLVLM", "LVLMOutput", "scatter_image_embeds"]
+__all__ = ["LVLMOutput", "SeedXLVLM", "scatter_image_embeds"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ class SeedXLVLM(nn.Module):
         return embeds
 
     def regress_images(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Hidden states of the placeholders (n, image_tokens, hidden) -> ViT-like features (n, image_tokens, vit_dim)."""
+        """Placeholder hidden states (n, image_tokens, hidden) -> ViT-like features (n, image_tokens, vit_dim)."""
         return self.output_resampler(hidden_states.to(self.patch_pos_embed.dtype))
 
     def inputs_embeds(
@@ -154,7 +154,7 @@ class SeedXLVLM(nn.Module):
                 target = pool_tokens_4to1(target_vit_features.to(regressed.device)).detach()
                 if target.shape != regressed.shape:
                     raise ImageTokenMismatchError(
-                        f"{regressed.shape[0]} generated image blocks but target features of shape {tuple(target.shape)}"
+                        f"{regressed.shape[0]} generated image blocks but targets of shape {tuple(target.shape)}"
                     )
                 rec_loss = F.mse_loss(regressed.float(), target.float())
         loss = None

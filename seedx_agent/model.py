@@ -31,13 +31,13 @@ from seedx_agent.tokens import Box, TokenIds, parse_boxes, strip_tags
 from seedx_agent.vision import pool_tokens_4to1
 
 __all__ = [
-    "SeedX",
-    "ComprehendResult",
-    "GroundingResult",
-    "GeneratedImage",
     "ChatMessage",
     "ChatResult",
+    "ComprehendResult",
+    "GeneratedImage",
+    "GroundingResult",
     "ImageInput",
+    "SeedX",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,9 +175,7 @@ class SeedX:
             layout = checkpoints.OfficialLayout.discover(root, vit_path=vit_path, sdxl_path=sdxl_path)
             config = SeedXConfig.from_preset(preset)
             chosen = tuple(variants) if variants else (config.variant,)
-            parts = checkpoints.load_official(
-                layout, config, variants=chosen, stages=stages, allow_pickle=allow_pickle
-            )
+            parts = checkpoints.load_official(layout, config, variants=chosen, stages=stages, allow_pickle=allow_pickle)
         checkpoints.place(parts, device_map=dmap, dtype=dtype or _default_dtype(dmap))
         if quantize_llm is not None:
             for lvlm in parts.lvlms.values():
@@ -216,7 +214,9 @@ class SeedX:
         return variant
 
     # -- image encoding ----------------------------------------------------------------------------
-    def _crops(self, images: Sequence[ImageInput], grids: Sequence[str]) -> tuple[list[PIL.Image.Image], list[AnyResCrops]]:
+    def _crops(
+        self, images: Sequence[ImageInput], grids: Sequence[str]
+    ) -> tuple[list[PIL.Image.Image], list[AnyResCrops]]:
         pil = [load_image(image) for image in images]
         return pil, [preprocess(image, self.config.vision, grids) for image in pil]
 
@@ -303,7 +303,10 @@ class SeedX:
         pil, crops = self._crops(image_list, self.config.anyres.grids)
         tiles = [c.num_crops - 1 for c in crops]
         prompt = prompts.comprehension_prompt(
-            self._style(name), tiles, question, self.config.lvlm.num_image_tokens  # type: ignore[arg-type]
+            self._style(name),
+            tiles,
+            question,
+            self.config.lvlm.num_image_tokens,  # type: ignore[arg-type]
         )
         out = self._run_llm(lvlm, prompt, crops, self._options(options), on_token)
         raw = self._answer_text(out.token_ids)
@@ -322,7 +325,10 @@ class SeedX:
         name, lvlm = self._lvlm(variant, purpose="grounding", prefer=("seed-x-i", "seed-x"))
         pil, crops = self._crops([image], self.config.anyres.grids)
         prompt = prompts.grounding_prompt(
-            self._style(name), crops[0].num_crops - 1, phrase, self.config.lvlm.num_image_tokens  # type: ignore[arg-type]
+            self._style(name),
+            crops[0].num_crops - 1,
+            phrase,
+            self.config.lvlm.num_image_tokens,  # type: ignore[arg-type]
         )
         out = self._run_llm(lvlm, prompt, crops, self._options(options))
         raw = self._answer_text(out.token_ids)
@@ -353,11 +359,20 @@ class SeedX:
         negative = self.negative_features(pooled=features.shape[1] != self.negative_features(pooled=False).shape[1])
         kwargs: dict[str, Any] = {}
         if stage == 2:
-            kwargs = {"condition_images": [condition] if condition is not None else None,
-                      "image_guidance_scale": image_guidance_scale}
+            kwargs = {
+                "condition_images": [condition] if condition is not None else None,
+                "image_guidance_scale": image_guidance_scale,
+            }
         return detok.generate(
-            features, negative, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            generator=generator, scheduler=scheduler, output_size=size, progress=progress, **kwargs,
+            features,
+            negative,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            scheduler=scheduler,
+            output_size=size,
+            progress=progress,
+            **kwargs,
         )
 
     def generate_image(
@@ -392,9 +407,16 @@ class SeedX:
         features = lvlm.regress_images(torch.stack(out.image_hidden_states))  # (n, tokens, vit_dim)
         start = time.perf_counter()
         pictures = self._render(
-            stage_for_variant(name), features[:1], condition=None, seed=seed,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            image_guidance_scale=None, size=size, scheduler=scheduler, progress=progress,
+            stage_for_variant(name),
+            features[:1],
+            condition=None,
+            seed=seed,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=None,
+            size=size,
+            scheduler=scheduler,
+            progress=progress,
         )
         timings["detokenizer_s"] = time.perf_counter() - start
         raw = self._answer_text(out.token_ids)
@@ -436,23 +458,45 @@ class SeedX:
         features = lvlm.regress_images(torch.stack(out.image_hidden_states))
         start = time.perf_counter()
         pictures = self._render(
-            2, features[:1], condition=pil[0], seed=seed, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, size=size,
-            scheduler=scheduler, progress=progress,
+            2,
+            features[:1],
+            condition=pil[0],
+            seed=seed,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            image_guidance_scale=image_guidance_scale,
+            size=size,
+            scheduler=scheduler,
+            progress=progress,
         )
         timings["detokenizer_s"] = time.perf_counter() - start
         raw = self._answer_text(out.token_ids)
         return GeneratedImage(pictures[0], pictures, strip_tags(raw), raw, features, seed, timings)
 
-    def reconstruct(self, image: ImageInput, *, seed: int | None = 0, num_inference_steps: int | None = None,
-                    scheduler: str = "euler") -> PIL.Image.Image:
+    def reconstruct(
+        self,
+        image: ImageInput,
+        *,
+        seed: int | None = 0,
+        num_inference_steps: int | None = None,
+        scheduler: str = "euler",
+    ) -> PIL.Image.Image:
         """De-tokenizer alone: image -> ViT (raw tokens) -> stage-1 de-tokenizer (§8.1 D)."""
         pil = load_image(image)
         crop = preprocess(pil, self.config.vision, ("1x1",))
         features = self.encode_crops(crop.pixel_values[-1:])  # thumbnail (1, vit_tokens, vit_dim)
-        return self._render(1, features, condition=None, seed=seed, num_inference_steps=num_inference_steps,
-                            guidance_scale=None, image_guidance_scale=None, size=None, scheduler=scheduler,
-                            progress=False)[0]
+        return self._render(
+            1,
+            features,
+            condition=None,
+            seed=seed,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=None,
+            image_guidance_scale=None,
+            size=None,
+            scheduler=scheduler,
+            progress=False,
+        )[0]
 
     def chat(
         self,
@@ -488,8 +532,16 @@ class SeedX:
         if features is not None and render_images:
             for i in range(features.shape[0]):
                 pictures += self._render(
-                    1, features[i : i + 1], condition=None, seed=seed, num_inference_steps=num_inference_steps,
-                    guidance_scale=None, image_guidance_scale=None, size=None, scheduler="euler", progress=False,
+                    1,
+                    features[i : i + 1],
+                    condition=None,
+                    seed=seed,
+                    num_inference_steps=num_inference_steps,
+                    guidance_scale=None,
+                    image_guidance_scale=None,
+                    size=None,
+                    scheduler="euler",
+                    progress=False,
                 )
         return ChatResult(strip_tags(raw), raw, pictures, boxes, features)
 

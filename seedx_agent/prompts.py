@@ -14,17 +14,17 @@ from seedx_agent.errors import ConfigError, InvalidPromptError
 from seedx_agent.tokens import BOI, BOP, BOX_START, EOI, EOP, InputSlot, Special, image_token
 
 __all__ = [
+    "INST_CLOSE",
+    "INST_OPEN",
+    "MAX_PROMPT_CHARS",
     "Prompt",
     "Turn",
-    "image_segments",
-    "comprehension_prompt",
-    "grounding_prompt",
-    "generation_prompt",
-    "edit_prompt",
     "chat_prompt",
-    "INST_OPEN",
-    "INST_CLOSE",
-    "MAX_PROMPT_CHARS",
+    "comprehension_prompt",
+    "edit_prompt",
+    "generation_prompt",
+    "grounding_prompt",
+    "image_segments",
 ]
 
 INST_OPEN, INST_CLOSE = "[INST] ", " [/INST]\n"

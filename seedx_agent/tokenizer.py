@@ -25,7 +25,7 @@ import sentencepiece as spm
 from seedx_agent.errors import CheckpointError
 from seedx_agent.tokens import ADDED_TOKENS, InputSlot, Special
 
-__all__ = ["SeedXTokenizer", "write_added_tokens", "TINY_TOKENIZER_DIR"]
+__all__ = ["TINY_TOKENIZER_DIR", "SeedXTokenizer", "write_added_tokens"]
 
 TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tiny_tokenizer"
 
@@ -57,7 +57,9 @@ class SeedXTokenizer:
         model_file, added_file = folder / "tokenizer.model", folder / "added_tokens.json"
         for path in (model_file, added_file):
             if not path.is_file():
-                raise CheckpointError(f"tokenizer file {str(path)!r} is missing; expected the official tokenizer folder")
+                raise CheckpointError(
+                    f"tokenizer file {str(path)!r} is missing; expected the official tokenizer folder"
+                )
         try:
             added = json.loads(added_file.read_text())
         except json.JSONDecodeError as exc:

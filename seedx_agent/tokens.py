@@ -14,26 +14,26 @@ from typing import Protocol
 from seedx_agent.errors import InvalidBoxError
 
 __all__ = [
+    "ADDED_TOKENS",
     "BOI",
-    "EOI",
     "BOP",
-    "EOP",
-    "BOX_START",
     "BOX_END",
+    "BOX_START",
+    "EOI",
+    "EOP",
     "NUM_IMAGE_SLOTS",
     "NUM_LOC_BINS",
-    "ADDED_TOKENS",
+    "Box",
+    "InputSlot",
+    "Special",
+    "TokenIds",
+    "decode_box",
+    "encode_box",
+    "image_block",
     "image_token",
     "loc_token",
-    "image_block",
-    "patch_block",
-    "TokenIds",
-    "Special",
-    "InputSlot",
-    "Box",
-    "encode_box",
-    "decode_box",
     "parse_boxes",
+    "patch_block",
     "strip_tags",
 ]
 
@@ -233,14 +233,10 @@ def decode_box(bins: Sequence[int], image_size: tuple[int, int], *, label: str |
     xc, yc, w, h = (int(b) / NUM_LOC_BINS for b in bins)
     x1, x2 = (xc - w / 2) * width, (xc + w / 2) * width
     y1, y2 = (yc - h / 2) * height, (yc + h / 2) * height
-    return Box(
-        max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2), label=label
-    )
+    return Box(max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2), label=label)
 
 
-_BOX_RE = re.compile(
-    r"(?:<box_start>)?\s*<loc-(\d+)>\s*<loc-(\d+)>\s*<loc-(\d+)>\s*<loc-(\d+)>\s*<box_end>"
-)
+_BOX_RE = re.compile(r"(?:<box_start>)?\s*<loc-(\d+)>\s*<loc-(\d+)>\s*<loc-(\d+)>\s*<loc-(\d+)>\s*<box_end>")
 
 
 def parse_boxes(text: str, image_size: tuple[int, int], *, label: str | None = None) -> list[Box]:

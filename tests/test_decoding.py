@@ -42,11 +42,16 @@ def test_image_states_equal_a_full_teacher_forced_pass(setup):
     # The features are the post-norm final-layer states whose inputs were the placeholders (§6.2).
     lvlm, ids, tok = setup
     prompt = tok.encode("a blue square<img>", add_bos=True)
-    out = decode(lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1],
-                 options=GenerationOptions(max_new_tokens=len(ids.image) + 1))
+    out = decode(
+        lvlm,
+        ids,
+        inputs_embeds=_embeds(lvlm, prompt),
+        last_prompt_token=prompt[-1],
+        options=GenerationOptions(max_new_tokens=len(ids.image) + 1),
+    )
     full = torch.tensor([prompt + list(ids.image)])
     with torch.no_grad():
-        hidden = lvlm.llm.model(input_ids=full).last_hidden_state[0, len(prompt):]
+        hidden = lvlm.llm.model(input_ids=full).last_hidden_state[0, len(prompt) :]
     torch.testing.assert_close(out.image_hidden_states[0], hidden, atol=1e-5, rtol=0)
 
 
@@ -70,8 +75,13 @@ def test_several_images_per_answer(setup):
     try:
         prompt = tok.encode("two pictures", add_bos=True)
         n = len(ids.image) + 2
-        out = decode(lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1],
-                     options=GenerationOptions(max_new_tokens=2 * n))
+        out = decode(
+            lvlm,
+            ids,
+            inputs_embeds=_embeds(lvlm, prompt),
+            last_prompt_token=prompt[-1],
+            options=GenerationOptions(max_new_tokens=2 * n),
+        )
     finally:
         lvlm.llm.lm_head = original
     assert len(out.image_hidden_states) == 2
@@ -84,10 +94,20 @@ def test_require_image_replaces_eos(setup):
     lvlm.llm.lm_head = _ConstantHead(lvlm.llm_config.vocab_size, ids.eos)
     try:
         prompt = tok.encode("a cat", add_bos=True)
-        plain = decode(lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1],
-                       options=GenerationOptions(max_new_tokens=20))
-        forced = decode(lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1],
-                        options=GenerationOptions(max_new_tokens=20, require_image=True))
+        plain = decode(
+            lvlm,
+            ids,
+            inputs_embeds=_embeds(lvlm, prompt),
+            last_prompt_token=prompt[-1],
+            options=GenerationOptions(max_new_tokens=20),
+        )
+        forced = decode(
+            lvlm,
+            ids,
+            inputs_embeds=_embeds(lvlm, prompt),
+            last_prompt_token=prompt[-1],
+            options=GenerationOptions(max_new_tokens=20, require_image=True),
+        )
     finally:
         lvlm.llm.lm_head = original
     assert plain.token_ids == [ids.eos] and plain.finish_reason == "eos" and not plain.image_hidden_states
@@ -126,9 +146,13 @@ def test_sampling_really_applies_temperature_top_k_top_p():
 def test_sampled_decoding_is_seeded(setup):
     lvlm, ids, tok = setup
     prompt = tok.encode("tell me", add_bos=True)
+
     def run(seed):
         opts = GenerationOptions(max_new_tokens=8, do_sample=True, temperature=2.0, seed=seed)
-        return decode(lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1], options=opts).token_ids
+        return decode(
+            lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1], options=opts
+        ).token_ids
+
     assert run(1) == run(1)
     assert run(1) != run(2) or run(3) != run(1)
 

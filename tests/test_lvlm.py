@@ -38,7 +38,7 @@ def test_patch_position_formula(lvlm):
     table = lvlm.patch_pos_embed
     want0 = 0.5 * (0.25 * table[0] + 0.5 * table[1] + 0.75 * table[2] + 0.5 * table[3])
     torch.testing.assert_close(got[0], want0)
-    torch.testing.assert_close(got[1], table.mean(dim=0) )  # thumbnail: mean of the four rows
+    torch.testing.assert_close(got[1], table.mean(dim=0))  # thumbnail: mean of the four rows
 
 
 def test_embed_images_adds_one_vector_per_crop(lvlm):

@@ -7,8 +7,12 @@ from seedx_agent.tokens import image_block, patch_block
 
 def test_official_strings():
     img = patch_block(4) + patch_block(4) + image_block(4)
-    assert prompts.comprehension_prompt("seed-x-i", [2], "Describe it.", 4).text == f"[INST] {img}Describe it. [/INST]\n"
-    assert prompts.comprehension_prompt("seed-x", [2], "Describe it.", 4).text == f"Question: {img}Describe it.\nAnswer:"
+    assert (
+        prompts.comprehension_prompt("seed-x-i", [2], "Describe it.", 4).text == f"[INST] {img}Describe it. [/INST]\n"
+    )
+    assert (
+        prompts.comprehension_prompt("seed-x", [2], "Describe it.", 4).text == f"Question: {img}Describe it.\nAnswer:"
+    )
     assert prompts.grounding_prompt("seed-x", 2, "a car", 4).text == f"{img}a car [[<box_start>"
     assert prompts.generation_prompt("seed-x", "a cat").text == "a cat<img>"
     assert prompts.generation_prompt("seed-x", "a cat").ends_with_boi

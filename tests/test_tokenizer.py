@@ -20,7 +20,9 @@ def test_vocab_and_special_ids(tok):
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 0)
     ids = TokenIds.from_vocab(tok, 64)
     assert ids.image[0] == 512 and ids.boi == 612 and ids.box_end == 841
-    assert len(set(ids.image_all) | {ids.boi, ids.eoi, ids.bop, ids.eop, ids.box_start, ids.box_end} | set(ids.loc)) == 330
+    assert (
+        len(set(ids.image_all) | {ids.boi, ids.eoi, ids.bop, ids.eop, ids.box_start, ids.box_end} | set(ids.loc)) == 330
+    )
 
 
 def test_added_token_alone_has_no_spurious_prefix(tok):
@@ -33,7 +35,8 @@ def test_whitespace_next_to_added_tokens_is_stripped_and_chunks_get_a_dummy_pref
     text = "Question: " + image_block(2) + "\nAnswer:"
     assert tok.split(text) == ["Question:", BOI, "<img_00000>", "<img_00001>", EOI, "Answer:"]
     expected = (
-        tok.sp.encode("Question:") + tok.convert_tokens_to_ids([BOI, "<img_00000>", "<img_00001>", EOI])
+        tok.sp.encode("Question:")
+        + tok.convert_tokens_to_ids([BOI, "<img_00000>", "<img_00001>", EOI])
         + tok.sp.encode("Answer:")
     )
     assert tok.encode(text) == expected
@@ -80,7 +83,7 @@ def test_save_and_reload_round_trip(tok, tmp_path):
 
 
 def test_bad_tokenizer_folders(tok, tmp_path):
-    with pytest.raises(CheckpointError, match="tokenizer.model"):
+    with pytest.raises(CheckpointError, match=r"tokenizer\.model"):
         SeedXTokenizer.from_folder(tmp_path)
     tok.save(tmp_path / "t")
     added = json.loads((tmp_path / "t" / "added_tokens.json").read_text())

@@ -35,7 +35,9 @@ def test_decode_matches_official_formula():
 
 
 def test_parse_boxes_with_and_without_box_start():
-    text = "It is here <box_start><loc-112><loc-112><loc-56><loc-112><box_end> and <loc-10><loc-10><loc-4><loc-4><box_end>"
+    text = (
+        "It is here <box_start><loc-112><loc-112><loc-56><loc-112><box_end> and <loc-10><loc-10><loc-4><loc-4><box_end>"
+    )
     boxes = parse_boxes(text, (224, 224), label="x")
     assert len(boxes) == 2 and boxes[0].label == "x"
     assert boxes[1].as_tuple() == pytest.approx((8.0, 8.0, 12.0, 12.0))
@@ -44,8 +46,10 @@ def test_parse_boxes_with_and_without_box_start():
 
 @settings(max_examples=300, deadline=None)
 @given(
-    w=st.integers(1, 5000), h=st.integers(1, 5000),
-    fx=st.tuples(st.floats(0, 1), st.floats(0, 1)), fy=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+    w=st.integers(1, 5000),
+    h=st.integers(1, 5000),
+    fx=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+    fy=st.tuples(st.floats(0, 1), st.floats(0, 1)),
 )
 def test_round_trip_within_one_bin(w, h, fx, fy):
     x1, x2 = sorted(v * w for v in fx)
@@ -61,8 +65,13 @@ def test_round_trip_within_one_bin(w, h, fx, fy):
 
 @pytest.mark.parametrize(
     "box, match",
-    [((10, 10, 5, 20), "inverted"), ((0, 0, 200, 20), "outside"), ((-1, 0, 5, 5), "outside"),
-     ((1, 2, 3), "4 numbers"), ((float("nan"), 0, 1, 1), "NaN")],
+    [
+        ((10, 10, 5, 20), "inverted"),
+        ((0, 0, 200, 20), "outside"),
+        ((-1, 0, 5, 5), "outside"),
+        ((1, 2, 3), "4 numbers"),
+        ((float("nan"), 0, 1, 1), "NaN"),
+    ],
 )
 def test_bad_boxes_are_rejected(box, match):
     with pytest.raises(InvalidBoxError, match=match):

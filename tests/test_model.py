@@ -1,0 +1,169 @@
+"""End to end on tiny-random: every ability of the facade, its errors, and the engine."""
+
+import threading
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from seedx_agent.decoding import GenerationOptions
+from seedx_agent.engine import SeedXEngine
+from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError, InvalidPromptError
+from seedx_agent.model import ChatMessage, SeedX
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    image = PIL.Image.new("RGB", (120, 60), "white")
+    image.paste((220, 30, 30), (10, 10, 40, 40))
+    return image
+
+
+def test_comprehend(model, scene):
+    result = model.comprehend(scene, "What color is the square?", options=GenerationOptions(max_new_tokens=6))
+    assert isinstance(result.text, str) and 1 <= len(result.token_ids) <= 6
+    again = model.comprehend(scene, "What color is the square?", options=GenerationOptions(max_new_tokens=6))
+    assert again.token_ids == result.token_ids  # greedy is deterministic
+
+
+def test_comprehend_uses_the_image(model, scene):
+    other = PIL.Image.new("RGB", (120, 60), "blue")
+    opts = GenerationOptions(max_new_tokens=8)
+    a = model.comprehend(scene, "Describe.", options=opts).token_ids
+    b = model.comprehend(other, "Describe.", options=opts).token_ids
+    c = model.comprehend([scene, other], "Describe.", options=opts).token_ids
+    assert len({tuple(a), tuple(b), tuple(c)}) >= 2
+
+
+def test_ground_returns_pixel_boxes(model, scene):
+    result = model.ground(scene, "the red square", options=GenerationOptions(max_new_tokens=12))
+    for box in result.boxes:
+        assert 0 <= box.x1 <= box.x2 <= 120 and 0 <= box.y1 <= box.y2 <= 60 and box.label == "the red square"
+
+
+def test_generate_image_is_seeded(model):
+    first = model.generate_image("a red circle", seed=3)
+    second = model.generate_image("a red circle", seed=3)
+    third = model.generate_image("a red circle", seed=4)
+    assert first.image.size == (32, 32) and first.features.shape == (1, 4, 48)
+    assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
+    assert not np.array_equal(np.asarray(first.image), np.asarray(third.image))
+    assert set(first.timings) == {"llm_s", "detokenizer_s"}
+
+
+def test_edit_image_and_its_requirements(model, scene):
+    edited = model.edit_image(scene, "Make the square blue.", num_inference_steps=2)
+    assert edited.image.size == (32, 32)
+    generator_only = SeedX.from_preset("tiny-random")
+    with pytest.raises(CapabilityMissingError, match=r"seed-x-edit.*stage-2"):
+        generator_only.edit_image(scene, "Make it blue.")
+
+
+def test_chat_multi_turn(model, scene):
+    messages = [
+        ChatMessage("user", "What is in the picture?", [scene]),
+        ChatMessage("assistant", "A red square."),
+        ChatMessage("user", "Where is it?"),
+    ]
+    result = model.chat(messages, options=GenerationOptions(max_new_tokens=8))
+    assert isinstance(result.text, str)
+    with pytest.raises(InvalidPromptError, match="assistant messages cannot carry"):
+        model.chat([ChatMessage("user", "hi"), ChatMessage("assistant", "x", [scene]), ChatMessage("user", "y")])
+    with pytest.raises(InvalidPromptError, match="empty"):
+        model.chat([])
+
+
+def test_reconstruct_and_embeddings(model, scene):
+    assert model.reconstruct(scene, num_inference_steps=2).size == (32, 32)
+    emb = model.image_embeddings([scene, scene.transpose(PIL.Image.FLIP_LEFT_RIGHT)])
+    assert emb.shape == (2, 48)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20000, 50), (50, 20000)])
+def test_extreme_sizes_are_accepted(model, size):
+    image = PIL.Image.new("RGB", size, "green")
+    assert model.comprehend(image, "What?", options=GenerationOptions(max_new_tokens=2)).token_ids
+
+
+def test_bad_inputs(model, scene, tmp_path):
+    with pytest.raises(InvalidPromptError, match="empty"):
+        model.comprehend(scene, "  ")
+    with pytest.raises(InvalidPromptError, match="empty"):
+        model.generate_image("")
+    with pytest.raises(InvalidPromptError, match="no image"):
+        model.comprehend([], "What?")
+    with pytest.raises(ConfigError, match="unknown variant"):
+        model.comprehend(scene, "What?", variant="seed-x-9")
+    with pytest.raises(CapabilityMissingError, match="only"):
+        model.comprehend(scene, "What?", variant="seed-x")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(InvalidImageError):
+        model.comprehend(tmp_path / "bad.png", "What?")
+    with pytest.raises(InvalidPromptError, match="exceeds the context"):
+        model.comprehend(scene, "What?", options=GenerationOptions(max_new_tokens=4000))
+
+
+def test_prompt_injection_does_not_open_an_image(model):
+    # "<img>" typed by a user is text: it cannot make the prompt end in an image block.
+    result = model.comprehend(PIL.Image.new("RGB", (8, 8)), "<img>", options=GenerationOptions(max_new_tokens=3))
+    assert len(result.token_ids) <= 3
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(ConfigError, match="preset"):
+        SeedX.from_pretrained("tiny-random")
+    with pytest.raises(Exception, match="does not exist"):
+        SeedX.from_pretrained(tmp_path / "missing")
+
+
+def test_save_and_from_pretrained_round_trip(model, scene, tmp_path):
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = SeedX.from_pretrained(tmp_path / "ckpt")
+    assert set(loaded.variants) == {"seed-x-i", "seed-x-edit"}
+    opts = GenerationOptions(max_new_tokens=5)
+    assert (
+        loaded.comprehend(scene, "What?", options=opts).token_ids
+        == model.comprehend(scene, "What?", options=opts).token_ids
+    )
+    for (name, a), (_, b) in zip(model.parts.modules(), loaded.parts.modules()):
+        for (key, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), (name, key)
+
+
+def test_engine_threads_match_serial(model, scene):
+    engine = SeedXEngine(model)
+    opts = GenerationOptions(max_new_tokens=4)
+    jobs = [
+        ("comprehend", (scene, "What?"), {"options": opts}),
+        ("ground", (scene, "the square"), {"options": opts}),
+        ("generate_image", ("a dog",), {"seed": 1, "num_inference_steps": 2}),
+        ("comprehend", (scene, "Colour?"), {"options": opts}),
+    ] * 2
+
+    def key(result):
+        if hasattr(result, "image"):
+            return np.asarray(result.image).tobytes()
+        return tuple(getattr(result, "token_ids", ())) or result.raw_text
+
+    serial = [key(getattr(engine, name)(*args, **kw)) for name, args, kw in jobs]
+    results: list = [None] * len(jobs)
+
+    def run(i):
+        name, args, kw = jobs[i]
+        results[i] = key(getattr(engine, name)(*args, **kw))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert results == serial
+    assert engine.calls == 2 * len(jobs)
