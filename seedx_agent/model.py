@@ -340,14 +340,14 @@ class SeedX:
         stage: int,
         features: torch.Tensor,
         *,
-        condition: PIL.Image.Image | None,
-        seed: int | None,
-        num_inference_steps: int | None,
-        guidance_scale: float | None,
-        image_guidance_scale: float | None,
-        size: int | None,
-        scheduler: str,
-        progress: bool,
+        condition: PIL.Image.Image | None = None,
+        seed: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
+        size: int | None = None,
+        scheduler: str = "euler",
+        progress: bool = False,
     ) -> list[PIL.Image.Image]:
         detok = self.parts.detokenizers.get(stage)
         if detok is None:
@@ -409,11 +409,9 @@ class SeedX:
         pictures = self._render(
             stage_for_variant(name),
             features[:1],
-            condition=None,
             seed=seed,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            image_guidance_scale=None,
             size=size,
             scheduler=scheduler,
             progress=progress,
@@ -488,14 +486,9 @@ class SeedX:
         return self._render(
             1,
             features,
-            condition=None,
             seed=seed,
             num_inference_steps=num_inference_steps,
-            guidance_scale=None,
-            image_guidance_scale=None,
-            size=None,
             scheduler=scheduler,
-            progress=False,
         )[0]
 
     def chat(
@@ -534,14 +527,8 @@ class SeedX:
                 pictures += self._render(
                     1,
                     features[i : i + 1],
-                    condition=None,
                     seed=seed,
                     num_inference_steps=num_inference_steps,
-                    guidance_scale=None,
-                    image_guidance_scale=None,
-                    size=None,
-                    scheduler="euler",
-                    progress=False,
                 )
         return ChatResult(strip_tags(raw), raw, pictures, boxes, features)
 

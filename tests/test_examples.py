@@ -36,3 +36,20 @@ def test_cli_errors_are_clean():
     done = subprocess.run([sys.executable, "-m", "seedx_agent", "info", "--model", "/nonexistent/ckpt"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_readme_python_snippet_runs(tmp_path, monkeypatch):
+    import re
+
+    import PIL.Image
+
+    from seedx_agent.model import SeedX
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")).save_pretrained(tmp_path / "converted/seed-x")
+    PIL.Image.new("RGB", (64, 48), "orange").save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert isinstance(namespace["model"], SeedX)
