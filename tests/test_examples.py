@@ -47,7 +47,8 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
 
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")).save_pretrained(tmp_path / "converted/seed-x")
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+    model.save_pretrained(tmp_path / "converted/seed-x")
     PIL.Image.new("RGB", (64, 48), "orange").save(tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -1,1 +1,1 @@
-"""Placeholder package; filled by later issues."""
+"""The miniature SEED-X: its procedural world (``world``), the deterministic evaluator (``evaluate``)."""

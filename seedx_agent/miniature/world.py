@@ -30,6 +30,7 @@ from seedx_agent.tokens import encode_box
 __all__ = [
     "BACKGROUNDS",
     "BAND_COLOURS",
+    "BAND_COLOURS_FOR_BACKGROUND",
     "COLOURS",
     "DEFAULT_IMAGE_SIZE",
     "EDIT_OPS",
@@ -123,7 +124,10 @@ POSITION_PHRASES: dict[str, str] = {
     "bottom right": "at the bottom right",
 }
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
-BAND_COLOURS: dict[str, tuple[int, int, int]] = {"gray": (80, 80, 80), "black": (24, 24, 24)}
+# Band colours stay >= 100 RGB units off every background->palette line, so no band pixel reads as
+# a shape; which bands suit which background is fixed by BAND_COLOURS_FOR_BACKGROUND.
+BAND_COLOURS: dict[str, tuple[int, int, int]] = {"gray": (56, 56, 56), "black": (24, 24, 24), "silver": (200, 200, 200)}
+BAND_COLOURS_FOR_BACKGROUND: dict[str, tuple[str, ...]] = {"white": ("gray", "black"), "black": ("silver",)}
 TITLE_TEXT_COLOUR = (255, 255, 255)
 TITLE_BAND_FRACTION = 0.25  # the band covers the top quarter; titled scenes keep row 0 free
 # Title text is decoration: at 32-64 px it is too small to read, so no task asks about it.
@@ -155,18 +159,13 @@ VOCABULARY: tuple[str, ...] = tuple(
             *BAND_COLOURS,
             *TITLE_WORDS,
             *NUMBER_WORDS,
-            # captions and prompts
-            "a", "an", "and", "the", "empty", "picture", "slide", "with", "title", "bar", "showing",
-            "background", "on",
-            # questions
-            "what", "colour", "shape", "shapes", "is", "where", "how", "many", "are", "there", "size", "?",
-            # edits
-            "make", "move", "to", "add", "remove",
-            # stories
-            "moves", "meets", "leaves", "grows", "shrinks",
+            *"a an and the empty picture slide with title bar showing background on".split(),  # captions, prompts
+            *"what colour shape shapes is where how many are there size ?".split(),  # questions
+            *"make move to add remove".split(),  # edits
+            *"moves meets leaves grows shrinks".split(),  # stories
         }
     )
-)  # fmt: skip
+)
 
 _WORD_RE = re.compile(r"[a-z]+|\?")
 
@@ -200,9 +199,10 @@ class Shape:
         _check_choice("colour", self.colour, COLOURS)
         _check_choice("size", self.size, SIZES)
         cell = tuple(self.cell)
-        if len(cell) != 2 or not all(isinstance(v, int) and 0 <= v < GRID for v in cell):
+        is_index = [isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in cell]
+        if len(cell) != 2 or not all(is_index) or not all(0 <= v < GRID for v in cell):
             raise ConfigError(f"cell must be (row, col) with integers in [0, {GRID - 1}], got {self.cell!r}")
-        object.__setattr__(self, "cell", cell)
+        object.__setattr__(self, "cell", (int(cell[0]), int(cell[1])))
 
     @property
     def position(self) -> str:
@@ -265,9 +265,11 @@ class Scene:
             raise ConfigError(f"scene shapes must occupy distinct cells, got cells {cells}")
         _check_choice("background", self.background, BACKGROUNDS)
         if self.title is not None:
-            if self.title.colour == self.background:
+            allowed = BAND_COLOURS_FOR_BACKGROUND[self.background]
+            if self.title.colour not in allowed:
                 raise ConfigError(
-                    f"title band colour {self.title.colour!r} equals the background; pick another band colour"
+                    f"title band colour {self.title.colour!r} cannot be told from shapes on a {self.background} "
+                    f"background; use one of {list(allowed)}"
                 )
             if any(row == 0 for row, _ in cells):
                 raise ConfigError(f"a titled scene keeps row 0 free for the band, got cells {cells}")
@@ -363,8 +365,12 @@ def _draw_title(title: Title, size: int) -> Image.Image:
         else:
             font = ImageFont.load_default()
         left, top, _, bottom = draw.textbbox((0, 0), title.text, font=font)
-        draw.text((max(1, height // 4) - left, (height - (bottom - top)) // 2 - top), title.text,
-                  fill=TITLE_TEXT_COLOUR, font=font)  # fmt: skip
+        draw.text(
+            (max(1, height // 4) - left, (height - (bottom - top)) // 2 - top),
+            title.text,
+            fill=TITLE_TEXT_COLOUR,
+            font=font,
+        )
     return band
 
 
@@ -557,7 +563,7 @@ def random_scene(
     background = rng.choice(tuple(backgrounds))
     title = None
     if rng.random() < title_probability:
-        band_colours = [name for name in BAND_COLOURS if name != background]
+        band_colours = BAND_COLOURS_FOR_BACKGROUND[background]
         text = rng.choice((None, *TITLE_WORDS))
         title = Title(colour=rng.choice(band_colours), text=text)
     first_row = 1 if title is not None else 0
@@ -670,8 +676,10 @@ def edit(scene: Scene, rng: random.Random, *, op: str | None = None) -> EditSamp
         op = rng.choice(feasible)
     _check_choice("op", op, EDIT_OPS)
     if op not in feasible:
-        raise ConfigError(f"edit op {op!r} is not possible on a scene with {len(scene.shapes)} shape(s); "
-                          f"possible ops here: {feasible}")  # fmt: skip
+        raise ConfigError(
+            f"edit op {op!r} is not possible on a scene with {len(scene.shapes)} shape(s); "
+            f"possible ops here: {feasible}"
+        )
     if op == "add":
         new_shape = random_shape(rng, rng.choice(scene.free_cells()))
         instruction = f"add {_object_phrase(new_shape)}"
@@ -683,12 +691,14 @@ def edit(scene: Scene, rng: random.Random, *, op: str | None = None) -> EditSamp
         return EditSample(scene, scene.remove_shape(index), f"remove {phrase}", "remove")
     if op == "recolour":
         colour = rng.choice([c for c in COLOURS if c != shape.colour])
-        return EditSample(scene, scene.replace_shape(index, replace(shape, colour=colour)),
-                          f"make {phrase} {colour}", "recolour")  # fmt: skip
+        return EditSample(
+            scene, scene.replace_shape(index, replace(shape, colour=colour)), f"make {phrase} {colour}", "recolour"
+        )
     if op == "resize":
         size = "small" if shape.size == "large" else "large"
-        return EditSample(scene, scene.replace_shape(index, replace(shape, size=size)),
-                          f"make {phrase} {size}", "resize")  # fmt: skip
+        return EditSample(
+            scene, scene.replace_shape(index, replace(shape, size=size)), f"make {phrase} {size}", "resize"
+        )
     cell = rng.choice(scene.free_cells())
     moved = replace(shape, cell=cell)
     return EditSample(scene, scene.replace_shape(index, moved), f"move {phrase} to the {moved.position}", "move")
@@ -830,6 +840,7 @@ def make_dataset(
     samples = []
     for index in range(n):
         rng = random.Random(world_split.sample_seed(index, seed) * len(TASKS) + task_index)
-        samples.append(make_sample(task, rng, image_size=image_size, story_steps=story_steps,
-                                   title_probability=title_probability))  # fmt: skip
+        samples.append(
+            make_sample(task, rng, image_size=image_size, story_steps=story_steps, title_probability=title_probability)
+        )
     return samples
