@@ -31,7 +31,7 @@ from seedx_agent.config import AnyResConfig, LLMConfig, LVLMConfig, QwenResample
 from seedx_agent.decoding import GenerationOptions, decode
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import TokenIds
+from seedx_agent.tokens import BOI, TokenIds
 
 logger = logging.getLogger("benchmarks.bench_image_tokens")
 
@@ -166,7 +166,7 @@ def bench_image_tokens(config_name: str, runs: int) -> float:
     torch.manual_seed(0)
     lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
     ids = TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens)
-    prompt_ids = tokenizer.encode(CAPTION + "<img>", add_bos=True)
+    prompt_ids = tokenizer.encode(CAPTION + BOI, add_bos=True)
     if prompt_ids[-1] != ids.boi:
         raise RuntimeError("the text-to-image prompt must end with the <img> token")
     llm_params = sum(p.numel() for p in lvlm.llm.parameters())

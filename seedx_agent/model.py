@@ -210,9 +210,6 @@ class SeedX:
             f"{purpose} needs one of the LLM variants {list(prefer)}; loaded: {list(self.variants)}"
         )
 
-    def _style(self, variant: str) -> str:
-        return variant
-
     # -- image encoding ----------------------------------------------------------------------------
     def _crops(
         self, images: Sequence[ImageInput], grids: Sequence[str]
@@ -303,7 +300,7 @@ class SeedX:
         pil, crops = self._crops(image_list, self.config.anyres.grids)
         tiles = [c.num_crops - 1 for c in crops]
         prompt = prompts.comprehension_prompt(
-            self._style(name),
+            name,
             tiles,
             question,
             self.config.lvlm.num_image_tokens,  # type: ignore[arg-type]
@@ -325,7 +322,7 @@ class SeedX:
         name, lvlm = self._lvlm(variant, purpose="grounding", prefer=("seed-x-i", "seed-x"))
         pil, crops = self._crops([image], self.config.anyres.grids)
         prompt = prompts.grounding_prompt(
-            self._style(name),
+            name,
             crops[0].num_crops - 1,
             phrase,
             self.config.lvlm.num_image_tokens,  # type: ignore[arg-type]
@@ -375,6 +372,31 @@ class SeedX:
             **kwargs,
         )
 
+    def _image_answer(
+        self,
+        lvlm: SeedXLVLM,
+        prompt: prompts.Prompt,
+        crops: Sequence[AnyResCrops],
+        options: GenerationOptions,
+        stage: int,
+        *,
+        seed: int | None,
+        **render: Any,
+    ) -> GeneratedImage:
+        """Decode with a required image block, regress its features and render the first image."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        out = self._run_llm(lvlm, prompt, crops, options.model_copy(update={"require_image": True}))
+        timings["llm_s"] = time.perf_counter() - start
+        if not out.image_hidden_states:
+            raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
+        features = lvlm.regress_images(torch.stack(out.image_hidden_states))  # (n, tokens, vit_dim)
+        start = time.perf_counter()
+        pictures = self._render(stage, features[:1], seed=seed, **render)
+        timings["detokenizer_s"] = time.perf_counter() - start
+        raw = self._answer_text(out.token_ids)
+        return GeneratedImage(pictures[0], pictures, strip_tags(raw), raw, features, seed, timings)
+
     def generate_image(
         self,
         prompt: str,
@@ -394,21 +416,14 @@ class SeedX:
         deviation: the official script just returns no image).
         """
         name, lvlm = self._lvlm(variant, purpose="generate_image", prefer=("seed-x-i", "seed-x"))
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        text_prompt = prompts.generation_prompt(self._style(name), prompt)  # type: ignore[arg-type]
-        opts = self._options(
-            options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image), require_image=True
-        )
-        out = self._run_llm(lvlm, text_prompt, [], opts)
-        timings["llm_s"] = time.perf_counter() - start
-        if not out.image_hidden_states:
-            raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
-        features = lvlm.regress_images(torch.stack(out.image_hidden_states))  # (n, tokens, vit_dim)
-        start = time.perf_counter()
-        pictures = self._render(
+        text_prompt = prompts.generation_prompt(name, prompt)  # type: ignore[arg-type]
+        opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
+        return self._image_answer(
+            lvlm,
+            text_prompt,
+            [],
+            opts,
             stage_for_variant(name),
-            features[:1],
             seed=seed,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -416,9 +431,6 @@ class SeedX:
             scheduler=scheduler,
             progress=progress,
         )
-        timings["detokenizer_s"] = time.perf_counter() - start
-        raw = self._answer_text(out.token_ids)
-        return GeneratedImage(pictures[0], pictures, strip_tags(raw), raw, features, seed, timings)
 
     def edit_image(
         self,
@@ -449,15 +461,12 @@ class SeedX:
         lvlm = self.parts.lvlms["seed-x-edit"]
         pil, crops = self._crops([image], self.config.anyres.edit_grids)
         prompt = prompts.edit_prompt(crops[0].num_crops - 1, instruction, self.config.lvlm.num_image_tokens)
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        out = self._run_llm(lvlm, prompt, crops, self._options(options, require_image=True))
-        timings["llm_s"] = time.perf_counter() - start
-        features = lvlm.regress_images(torch.stack(out.image_hidden_states))
-        start = time.perf_counter()
-        pictures = self._render(
+        return self._image_answer(
+            lvlm,
+            prompt,
+            crops,
+            self._options(options),
             2,
-            features[:1],
             condition=pil[0],
             seed=seed,
             num_inference_steps=num_inference_steps,
@@ -467,9 +476,6 @@ class SeedX:
             scheduler=scheduler,
             progress=progress,
         )
-        timings["detokenizer_s"] = time.perf_counter() - start
-        raw = self._answer_text(out.token_ids)
-        return GeneratedImage(pictures[0], pictures, strip_tags(raw), raw, features, seed, timings)
 
     def reconstruct(
         self,
@@ -516,7 +522,7 @@ class SeedX:
             all_images += pil
             all_crops += crops
             turns.append(prompts.Turn(message.role, message.text, tuple(c.num_crops - 1 for c in crops)))
-        prompt = prompts.chat_prompt(self._style(name), turns, self.config.lvlm.num_image_tokens)  # type: ignore[arg-type]
+        prompt = prompts.chat_prompt(name, turns, self.config.lvlm.num_image_tokens)  # type: ignore[arg-type]
         out = self._run_llm(lvlm, prompt, all_crops, self._options(options), on_token)
         raw = self._answer_text(out.token_ids)
         boxes = parse_boxes(raw, all_images[0].size) if all_images else []
