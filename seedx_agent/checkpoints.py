@@ -754,6 +754,19 @@ def _component_files(variants: Iterable[str], stages: Iterable[int]) -> dict[str
     return files
 
 
+def _variant_aliases(lvlms: dict[str, Any]) -> dict[str, str]:
+    """Variants that are the very same module as an earlier one (one LLM serving several roles, as in
+    the miniature) -> the variant whose file stores it; saved once, shared again on load."""
+    aliases: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for variant, module in lvlms.items():
+        if id(module) in seen:
+            aliases[variant] = seen[id(module)]
+        else:
+            seen[id(module)] = variant
+    return aliases
+
+
 def save_components(parts: SeedXComponents, folder: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``parts`` in our layout (safetensors + config + tokenizer + manifest with sha256).
 
@@ -769,7 +782,9 @@ def save_components(parts: SeedXComponents, folder: str | Path, *, overwrite: bo
     try:
         parts.config.save(staging / "config.json")
         parts.tokenizer.save(staging / "tokenizer")
-        files = _component_files(parts.lvlms, parts.detokenizers)
+        aliases = _variant_aliases(parts.lvlms)
+        stored = [v for v in parts.lvlms if v not in aliases]
+        files = _component_files(stored, parts.detokenizers)
         modules = dict(parts.modules())
         for name, relative in files.items():
             _save_safetensors(modules[name], name, staging / relative)
@@ -779,6 +794,7 @@ def save_components(parts: SeedXComponents, folder: str | Path, *, overwrite: bo
             "format_version": FORMAT_VERSION,
             "config_name": parts.config.name,
             "variants": list(parts.lvlms),
+            "variant_aliases": aliases,
             "stages": sorted(parts.detokenizers),
             "components": files,
             "files": {
@@ -868,13 +884,15 @@ def load_components(
     if absent_stages:
         raise CheckpointError(f"{str(folder)!r} holds de-tokenizer stages {stored_stages}, not {absent_stages}")
 
-    files = _component_files(chosen_variants, chosen_stages)
+    aliases = {k: v for k, v in manifest.get("variant_aliases", {}).items() if k in chosen_variants}
+    built_variants = tuple(dict.fromkeys(aliases.get(v, v) for v in chosen_variants))
+    files = _component_files(built_variants, chosen_stages)
     if verify:
         extra = [r for r in manifest["files"] if r == "config.json" or r.startswith("tokenizer/")]
         _verify_files(folder, manifest, [*extra, *files.values()])
     config = SeedXConfig.load(folder / "config.json")
     tokenizer = SeedXTokenizer.from_folder(folder / "tokenizer")
-    parts = _build_empty(config, tokenizer, chosen_variants, chosen_stages)
+    parts = _build_empty(config, tokenizer, built_variants, chosen_stages)
     rule: _DtypeRule = dtype if dtype is not None else "checkpoint"
     for name, module in parts.modules():
         path = folder / files[name]
@@ -887,6 +905,9 @@ def load_components(
         _assign(module, state, dtype=rule, device=device)
         del state
     _finish(parts, device)
+    if aliases:  # re-key in the order asked for, sharing the stored module
+        stored = parts.lvlms
+        parts.lvlms = {v: stored[aliases.get(v, v)] for v in chosen_variants}
     logger.info("loaded %s in %.1f s", folder, time.perf_counter() - started)
     return parts
 

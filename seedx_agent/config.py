@@ -446,9 +446,94 @@ def _tiny_random() -> SeedXConfig:
     )
 
 
+def _mini_detokenizer(stage: int) -> DetokenizerConfig:
+    """Pixel-space (no VAE) 32x32 de-tokenizer with cross-attention at 16x16 and 8x8 (FIELD-NOTES)."""
+    perceiver = PerceiverConfig(
+        dim=128,
+        depth=2,
+        heads=4,
+        dim_head=32,
+        num_latents=16,
+        input_dim=64,
+        ff_mult=2,
+        prompt_dims=(64, 64),
+        pooled_dim=128,
+        pool_heads=4,
+    )
+    unet = {
+        **SDXL_UNET,
+        "addition_embed_type_num_heads": 4,
+        "addition_time_embed_dim": 32,
+        "attention_head_dim": [2, 4, 8],
+        "block_out_channels": [32, 64, 128],
+        "cross_attention_dim": 128,
+        "in_channels": 3 * (2 if stage == 2 else 1),
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "out_channels": 3,
+        "projection_class_embeddings_input_dim": 128 + 6 * 32,
+        "sample_size": 32,
+        "transformer_layers_per_block": [1, 1, 1],
+    }
+    return DetokenizerConfig(
+        stage=stage,
+        perceiver=perceiver,
+        unet=unet,
+        vae=None,
+        image_size=32,
+        num_inference_steps=25,
+        guidance_scale=3.0,
+        image_guidance_scale=1.5,
+    )
+
+
+def _mini() -> SeedXConfig:
+    """The miniature SEED-X trained on the procedural world (``seedx_agent.miniature``), CPU-sized.
+
+    Same architecture as SEED-X at miniature size: 64x64 ViT crops (patch 8, 64 pooled tokens), 16 image
+    tokens, a 4-layer LLaMA, pixel-space 32x32 de-tokenizers. Images are square, so any-res uses 1x1 only.
+    """
+    return SeedXConfig(
+        name="mini",
+        variant="seed-x-i",
+        vision=VisionConfig(
+            image_size=64,
+            patch_size=8,
+            width=128,
+            layers=4,
+            heads=4,
+            mlp_width=512,
+            output_dim=64,
+            pos_embed_grid=8,
+            pool_grid=8,
+            pool_heads=4,
+        ),
+        llm=LLMConfig(
+            vocab_size=TINY_VOCAB_BASE + 330,
+            hidden_size=256,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=4,
+            intermediate_size=688,
+            max_position_embeddings=512,
+        ),
+        lvlm=LVLMConfig(
+            num_image_tokens=16,
+            input_resampler=QwenResamplerConfig(grid=4, embed_dim=256, num_heads=4, kv_dim=64),
+            output_resampler=QwenResamplerConfig(grid=4, embed_dim=64, num_heads=4, kv_dim=256),
+        ),
+        detokenizer=_mini_detokenizer(1),
+        edit_detokenizer=_mini_detokenizer(2),
+        anyres=AnyResConfig(grids=("1x1",), edit_grids=("1x1",)),
+        max_new_tokens=48,
+        max_new_tokens_image=24,
+    )
+
+
 PRESETS: dict[str, Any] = {
     "seed-x": lambda: _official("seed-x"),
     "seed-x-i": lambda: _official("seed-x-i"),
     "seed-x-edit": lambda: _official("seed-x-edit"),
     "tiny-random": _tiny_random,
+    "mini": _mini,
 }

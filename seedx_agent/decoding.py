@@ -99,7 +99,7 @@ def decode(
     """
     from transformers import DynamicCache
 
-    model, head = lvlm.llm.model, lvlm.llm.lm_head
+    model, head = lvlm.backbone, lvlm.lm_head
     device = inputs_embeds.device
     cache = cache if cache is not None else DynamicCache(config=lvlm.llm.config)
     generator = None

@@ -83,6 +83,17 @@ class SeedXLVLM(nn.Module):
         return self.llm.get_input_embeddings().weight.dtype
 
     # -- image inputs ----------------------------------------------------------------------------
+    @property
+    def backbone(self) -> nn.Module:
+        """The LLaMA decoder stack (``LlamaModel``), also while a peft LoRA wraps ``llm`` during SFT."""
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return base.model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return base.lm_head
+
     def patch_position_vectors(self, patch_positions: torch.Tensor) -> torch.Tensor:
         """(crops, 2) relative (x, y) -> (crops, hidden): ``[x, y, 1-x, 1-y] / 2 @ E`` (§4.3)."""
         x, y = patch_positions[:, 0:1], patch_positions[:, 1:2]
@@ -133,9 +144,9 @@ class SeedXLVLM(nn.Module):
         generate; they are 4-to-1 pooled here (§6.3) and detached.
         """
         embeds = self.inputs_embeds(input_ids, image_embeds, ids_cmp_mask)
-        out = self.llm.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         hidden = out.last_hidden_state  # (batch, seq, hidden)
-        logits = self.llm.lm_head(hidden)
+        logits = self.lm_head(hidden)
         lm_loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])

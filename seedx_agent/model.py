@@ -163,7 +163,9 @@ class SeedX:
         """
         from seedx_agent import checkpoints
 
-        if isinstance(path, str) and path in PRESETS:
+        if isinstance(path, str) and path == "mini":
+            path = bundled_mini_path()
+        elif isinstance(path, str) and path in PRESETS:
             raise ConfigError(f"{path!r} is a preset with random weights; use SeedX.from_preset({path!r})")
         root = Path(path)
         if not root.exists():
@@ -181,6 +183,16 @@ class SeedX:
             for lvlm in parts.lvlms.values():
                 checkpoints.quantize_llm(lvlm, bits=quantize_llm)
         return cls(parts)
+
+    @classmethod
+    def load(
+        cls, spec: str | Path = "mini", *, variants: Sequence[str] | None = None, device: str | None = None
+    ) -> SeedX:
+        """One entry point for user-facing code: ``"mini"`` (the bundled trained miniature), a preset name
+        (random weights, e.g. ``"tiny-random"``) or a checkpoint folder. Never downloads anything."""
+        if isinstance(spec, str) and spec != "mini" and spec in PRESETS:
+            return cls.from_preset(spec, variants=variants or ("seed-x-i", "seed-x-edit"), device=device)
+        return cls.from_pretrained(spec, variants=variants, device=device)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write our safetensors layout; ``from_pretrained`` reads it back bit-exactly."""
@@ -556,6 +568,19 @@ def _device_map(device: str | None, device_map: dict[str, str] | None) -> dict[s
         base = device or "cpu"
         return {k: device_map.get(k, base) for k in ("vision", "llm", "detokenizer")}
     return dict.fromkeys(("vision", "llm", "detokenizer"), device or "cpu")
+
+
+MINI_WEIGHTS = Path(__file__).resolve().parent / "assets" / "mini"
+
+
+def bundled_mini_path() -> Path:
+    """Folder of the miniature's bundled weights (``SeedX.from_pretrained("mini")``)."""
+    if not (MINI_WEIGHTS / "manifest.json").is_file():
+        raise CheckpointError(
+            f"the miniature's weights are not bundled in this install ({MINI_WEIGHTS} is missing); train them "
+            "with `seedx-agent train mini` and load the output folder, or reinstall the package"
+        )
+    return MINI_WEIGHTS
 
 
 def _tokenizer_for(config: SeedXConfig) -> SeedXTokenizer:

@@ -1,0 +1,545 @@
+"""SEED-X training stages as recipes over the shared loop (reference §12.1), plus the miniature's run.
+
+Stages, in the paper's order:
+
+1. ``vit_world_pretrain`` (miniature only): the real ViT comes pre-trained from Qwen-VL; the miniature's
+   is trained on the world with attribute heads (kind/colour/size per grid cell), then frozen.
+2. ``detokenizer_stage1``: ViT features -> perceiver -> UNet denoising loss (image reconstruction).
+3. ``detokenizer_stage2``: stage 1 with the doubled ``conv_in``; the source image is the condition.
+4. ``lvlm_pretrain``: next-token loss + 6.0 x MSE of the output resampler onto 4-to-1 pooled ViT
+   features (``SeedXLVLM.forward``), full LLM weights, pre-training prompt style.
+5. ``lvlm_sft``: a LoRA (peft; the reference's targets and ``modules_to_save``) on the instruction
+   format, merged into the LLM at the end.
+
+Each stage checkpoints into its own folder and resumes there; ``run_mini`` chains them and writes
+the finished model with ``save_components``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seedx_agent.components import build_components
+from seedx_agent.config import SeedXConfig
+from seedx_agent.detokenizer import Detokenizer, expand_conv_in
+from seedx_agent.errors import ConfigError
+from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.training.examples import Batch, TrainingExample, collate
+from seedx_agent.training.loop import LoopConfig, LoopResult, load_trainable_state, run_loop
+from seedx_agent.training.world_data import COLOUR_CLASSES, KIND_CLASSES, SIZE_CLASSES, WorldData, scene_targets
+from seedx_agent.vision import QwenViT, pool_tokens_4to1
+
+__all__ = [
+    "LoraSettings",
+    "MiniSchedule",
+    "ViTWorldHeads",
+    "apply_lora",
+    "detokenizer_stage1",
+    "detokenizer_stage2",
+    "lvlm_loss",
+    "lvlm_pretrain",
+    "lvlm_sft",
+    "merge_lora",
+    "run_mini",
+    "vit_world_pretrain",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared steps
+# ---------------------------------------------------------------------------------------------
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """Freeze ``module`` (no grads, eval mode) and return it."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+@torch.no_grad()
+def vit_features(vision: QwenViT, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Frozen-ViT features (n, vit_tokens, vit_dim) of normalised crops."""
+    param = next(vision.parameters())
+    return vision(pixel_values.to(device=param.device, dtype=param.dtype))
+
+
+def lvlm_loss(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> dict[str, torch.Tensor]:
+    """The §12.4 training step: keep crops with cmp or gen set, run the frozen ViT on them, feed the cmp
+    crops as inputs (with patch positions) and regress onto the gen crops' pooled features."""
+    batch = batch.to(lvlm.device)
+    keep = batch.embeds_cmp_mask | batch.embeds_gen_mask
+    image_embeds, targets = None, None
+    if bool(keep.any()):
+        features = vit_features(vision, batch.pixel_values[keep])
+        cmp, gen = batch.embeds_cmp_mask[keep], batch.embeds_gen_mask[keep]
+        if bool(cmp.any()):
+            image_embeds = lvlm.embed_images(features[cmp], batch.patch_positions[keep][cmp])
+        if bool(gen.any()):
+            targets = features[gen]
+    out = lvlm(
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        labels=batch.labels,
+        image_embeds=image_embeds,
+        ids_cmp_mask=batch.ids_cmp_mask,
+        ids_gen_mask=batch.ids_gen_mask,
+        target_vit_features=targets,
+    )
+    losses = {"loss": out.loss}
+    if out.lm_loss is not None:
+        losses["lm"] = out.lm_loss.detach()
+    if out.rec_loss is not None:
+        losses["rec"] = out.rec_loss.detach()
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 0 (miniature): ViT on the world
+# ---------------------------------------------------------------------------------------------
+
+
+class ViTWorldHeads(nn.Module):
+    """Attribute heads on the 4-to-1 pooled ViT tokens: forces those tokens (the regression targets and
+    the de-tokenizer's input) to carry every object's kind, colour, size and cell."""
+
+    def __init__(self, tokens: int, dim: int, cells: int = 9, hidden: int = 256) -> None:
+        super().__init__()
+        self.cells = cells
+        self.sizes = (len(KIND_CLASSES), len(COLOUR_CLASSES), len(SIZE_CLASSES))
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(tokens * dim, hidden), nn.GELU())
+        self.cell_head = nn.Linear(hidden, cells * sum(self.sizes))
+        self.scene_head = nn.Linear(hidden, 4)  # background (2) + title (2)
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.body(pooled)
+        cell_logits = self.cell_head(h).view(h.shape[0], self.cells, sum(self.sizes))
+        kind, colour, size = cell_logits.split(self.sizes, dim=-1)
+        scene = self.scene_head(h)
+        return {"kind": kind, "colour": colour, "size": size, "background": scene[:, :2], "title": scene[:, 2:]}
+
+
+def vit_world_pretrain(
+    vision: QwenViT, data: WorldData, out_dir: str | Path, loop: LoopConfig, *, batch_size: int = 32
+) -> tuple[LoopResult, float]:
+    """Train the ViT (+ throw-away heads) to read the world; returns the loop result and held-out
+    per-attribute accuracy (mean over cells/attributes) of the final weights."""
+    pooled_tokens = vision.config.num_output_tokens // 4
+    heads = ViTWorldHeads(pooled_tokens, vision.config.output_dim)
+    vision.requires_grad_(True)
+
+    def logits_and_targets(step: int, n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        batch = data.scenes(step, n)
+        pooled = pool_tokens_4to1(vision(batch.vit_pixels))
+        return heads(pooled), scene_targets(batch.scenes)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        logits, targets = logits_and_targets(step, batch_size)
+        losses = {name: F.cross_entropy(logits[name].flatten(0, -2), targets[name].flatten()) for name in logits}
+        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+
+    modules = {"vision": vision, "heads": heads}
+    result = run_loop("vit", out_dir, modules, [*vision.parameters(), *heads.parameters()], step_fn, loop)
+    with torch.no_grad():
+        vision.eval(), heads.eval()
+        logits, targets = logits_and_targets(10**6 - 1, 256)  # a step index the run never reaches
+        accuracy = sum(float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in logits) / len(logits)
+    frozen(vision)
+    return result, accuracy
+
+
+# ---------------------------------------------------------------------------------------------
+# De-tokenizer stages
+# ---------------------------------------------------------------------------------------------
+
+
+def _detok_step(
+    detok: Detokenizer,
+    vision: QwenViT,
+    batch_fn: Callable[[int], object],
+    *,
+    uncond_prob: float,
+    condition_drop_prob: float = 0.0,
+) -> Callable[[int], dict[str, torch.Tensor]]:
+    size = vision.config.image_size
+    negative = pool_tokens_4to1(vit_features(vision, torch.zeros(1, 3, size, size)))
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        batch = batch_fn(step)
+        features = pool_tokens_4to1(vit_features(vision, batch.vit_pixels))  # (B, tokens, dim)
+        kwargs: dict[str, object] = {}
+        if detok.stage == 2:
+            kwargs = {"condition_images": batch.condition_pixels, "condition_drop_prob": condition_drop_prob}
+        loss = detok.training_loss(
+            batch.target_pixels, features, uncond_prob=uncond_prob, negative_features=negative, **kwargs
+        )
+        return {"loss": loss}
+
+    return step_fn
+
+
+def detokenizer_stage1(
+    detok: Detokenizer,
+    vision: QwenViT,
+    data: WorldData,
+    out_dir: str | Path,
+    loop: LoopConfig,
+    *,
+    batch_size: int = 32,
+    uncond_prob: float = 0.1,
+) -> LoopResult:
+    """Reconstruction: the UNet learns to draw an image from its (pooled) ViT features."""
+    if detok.stage != 1:
+        raise ConfigError("detokenizer_stage1 trains a stage-1 de-tokenizer")
+    frozen(vision)
+    detok.requires_grad_(True)
+    if detok.vae is not None:
+        frozen(detok.vae)
+    step_fn = _detok_step(detok, vision, lambda step: data.scenes(step, batch_size), uncond_prob=uncond_prob)
+    params = [p for p in detok.parameters() if p.requires_grad]
+    return run_loop("detokenizer-1", out_dir, {"detokenizer": detok}, params, step_fn, loop)
+
+
+def stage2_from_stage1(stage1: Detokenizer, config: SeedXConfig) -> Detokenizer:
+    """A stage-2 de-tokenizer initialised from stage 1 with the zero-extended ``conv_in`` (§10)."""
+    stage2 = Detokenizer(config.edit_detokenizer)
+    source = Detokenizer(config.detokenizer)
+    source.load_state_dict(stage1.state_dict())
+    expand_conv_in(source.unet)
+    missing, unexpected = stage2.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"stage-1 weights do not fit the stage-2 de-tokenizer: {missing[:3]} {unexpected[:3]}")
+    return stage2
+
+
+def detokenizer_stage2(
+    detok: Detokenizer,
+    vision: QwenViT,
+    data: WorldData,
+    out_dir: str | Path,
+    loop: LoopConfig,
+    *,
+    batch_size: int = 32,
+    uncond_prob: float = 0.05,
+    condition_drop_prob: float = 0.05,
+) -> LoopResult:
+    """Editing: the UNet draws the target from its features, with the source image on ``conv_in``."""
+    if detok.stage != 2:
+        raise ConfigError("detokenizer_stage2 trains a stage-2 de-tokenizer")
+    frozen(vision)
+    detok.requires_grad_(True)
+    if detok.vae is not None:
+        frozen(detok.vae)
+    step_fn = _detok_step(
+        detok,
+        vision,
+        lambda step: data.edits(step, batch_size),
+        uncond_prob=uncond_prob,
+        condition_drop_prob=condition_drop_prob,
+    )
+    params = [p for p in detok.parameters() if p.requires_grad]
+    return run_loop("detokenizer-2", out_dir, {"detokenizer": detok}, params, step_fn, loop)
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM stages
+# ---------------------------------------------------------------------------------------------
+
+
+def lvlm_pretrain(
+    lvlm: SeedXLVLM,
+    vision: QwenViT,
+    examples: Callable[[int], list[TrainingExample]],
+    out_dir: str | Path,
+    loop: LoopConfig,
+    *,
+    pad_token_id: int = 0,
+    gradient_checkpointing: bool = False,
+) -> LoopResult:
+    """Multimodal pre-training: every LVLM weight trains (the ViT stays frozen)."""
+    frozen(vision)
+    lvlm.requires_grad_(True)
+    if gradient_checkpointing:
+        lvlm.llm.gradient_checkpointing_enable()
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        return lvlm_loss(lvlm, vision, collate(examples(step), pad_token_id=pad_token_id))
+
+    return run_loop("lvlm-pretrain", out_dir, {"lvlm": lvlm}, list(lvlm.parameters()), step_fn, loop)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The reference's LoRA (§11); ``r``/``alpha`` scale down for small models."""
+
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    modules_to_save: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm", "norm")
+    train_embeddings: bool = True  # embed_tokens and lm_head trainable as well (§11)
+
+
+def apply_lora(lvlm: SeedXLVLM, settings: LoraSettings) -> None:
+    """Wrap ``lvlm.llm`` with a peft LoRA; resamplers and the patch-position table stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        modules_to_save=list(settings.modules_to_save),
+        task_type="CAUSAL_LM",
+    )
+    lvlm.llm = get_peft_model(lvlm.llm, config)
+    if settings.train_embeddings:
+        base = lvlm.llm.get_base_model()
+        base.get_input_embeddings().weight.requires_grad_(True)
+        base.lm_head.weight.requires_grad_(True)
+    for module in (lvlm.input_resampler, lvlm.output_resampler):
+        module.requires_grad_(True)
+    lvlm.patch_pos_embed.requires_grad_(True)
+
+
+def merge_lora(lvlm: SeedXLVLM) -> None:
+    """Fold the LoRA deltas and the trained norm copies into plain LLaMA weights (as the release did)."""
+    if hasattr(lvlm.llm, "merge_and_unload"):
+        lvlm.llm = lvlm.llm.merge_and_unload()
+
+
+def lvlm_sft(
+    lvlm: SeedXLVLM,
+    vision: QwenViT,
+    examples: Callable[[int], list[TrainingExample]],
+    out_dir: str | Path,
+    loop: LoopConfig,
+    *,
+    lora: LoraSettings = LoraSettings(),
+    pad_token_id: int = 0,
+    merge: bool = True,
+) -> LoopResult:
+    """Instruction tuning with a fresh LoRA on the (merged) pre-trained LLM; merged at the end."""
+    frozen(vision)
+    lvlm.requires_grad_(False)
+    apply_lora(lvlm, lora)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        return lvlm_loss(lvlm, vision, collate(examples(step), pad_token_id=pad_token_id))
+
+    params = [p for p in lvlm.parameters() if p.requires_grad]
+    result = run_loop("lvlm-sft", out_dir, {"lvlm": lvlm}, params, step_fn, loop)
+    if merge and result.finished:
+        merge_lora(lvlm)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The miniature, end to end
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MiniSchedule:
+    """Steps per stage of the miniature run (the defaults are what the bundled weights used)."""
+
+    vit_steps: int = 600
+    detok1_steps: int = 1400
+    detok2_steps: int = 500
+    pretrain_steps: int = 2500
+    sft_steps: int = 1200
+    detok_batch: int = 16
+    lvlm_batch: int = 16
+    seed: int = 0
+
+    def scaled(self, factor: float) -> MiniSchedule:
+        """Every stage's steps times ``factor`` (at least 1): for smoke runs and tests."""
+        fields = ("vit_steps", "detok1_steps", "detok2_steps", "pretrain_steps", "sft_steps")
+        return replace(self, **{f: max(1, round(getattr(self, f) * factor)) for f in fields})
+
+
+MINI_STAGES = ("vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft")
+
+
+def _load_module(module: nn.Module, folder: Path, name: str) -> None:
+    from safetensors.torch import load_file
+
+    load_trainable_state({name: module}, load_file(str(folder / "checkpoint" / "weights.safetensors")))
+
+
+def run_mini(
+    out_dir: str | Path,
+    *,
+    schedule: MiniSchedule = MiniSchedule(),
+    stages: tuple[str, ...] = MINI_STAGES,
+    max_minutes: float | None = None,
+    threads: int | None = None,
+    tokenizer: SeedXTokenizer | None = None,
+    config: SeedXConfig | None = None,
+    progress: bool = True,
+) -> dict[str, object]:
+    """Train (or resume) the miniature SEED-X: each stage of ``stages`` in order, checkpointing in
+    ``out_dir/<stage>``; when every stage is done, write the model to ``out_dir/model``.
+
+    Stages already finished are loaded, not retrained, so the command can be re-run after an
+    interruption. ``stages`` may name a subset (e.g. the de-tokenizer stages in one process and the
+    LLM stages in another: both need only the finished ViT).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config or SeedXConfig.from_preset("mini")
+    tokenizer = tokenizer or SeedXTokenizer.tiny()
+    unknown = [s for s in stages if s not in MINI_STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(MINI_STAGES)}")
+    parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=schedule.seed)
+    data = WorldData(config, tokenizer, seed=schedule.seed)
+    started = time.monotonic()
+    report: dict[str, object] = {"schedule": asdict(schedule), "stages": {}}
+
+    def remaining() -> float | None:
+        return None if max_minutes is None else max(0.1, max_minutes - (time.monotonic() - started) / 60)
+
+    def loop(steps: int, lr: float, warmup: int) -> LoopConfig:
+        return LoopConfig(steps=steps, lr=lr, warmup_steps=warmup, seed=schedule.seed, max_minutes=remaining())
+
+    def done(stage: str, steps: int) -> bool:
+        from seedx_agent.training.loop import checkpoint_step
+
+        return (checkpoint_step(out / stage) or 0) >= steps
+
+    # 0. ViT
+    if "vit" in stages:
+        result, accuracy = vit_world_pretrain(
+            parts.vision, data, out / "vit", loop(schedule.vit_steps, 1e-3, 50), batch_size=schedule.detok_batch
+        )
+        report["stages"]["vit"] = {"step": result.step, "finished": result.finished, "heldout_accuracy": accuracy}
+        if not result.finished:
+            return report
+    elif done("vit", schedule.vit_steps):
+        _load_module(parts.vision, out / "vit", "vision")
+    else:
+        raise ConfigError("the ViT stage has not finished; run the 'vit' stage first")
+    frozen(parts.vision)
+
+    # 1-2. De-tokenizers
+    detok1 = parts.detokenizers[1]
+    if "detokenizer-1" in stages:
+        result = detokenizer_stage1(
+            detok1,
+            parts.vision,
+            data,
+            out / "detokenizer-1",
+            loop(schedule.detok1_steps, 3e-4, 100),
+            batch_size=schedule.detok_batch,
+        )
+        report["stages"]["detokenizer-1"] = {"step": result.step, "finished": result.finished, **result.losses}
+        if not result.finished:
+            return report
+    detok2 = None
+    if "detokenizer-2" in stages or done("detokenizer-2", schedule.detok2_steps):
+        if not done("detokenizer-1", schedule.detok1_steps):
+            raise ConfigError("de-tokenizer stage 2 starts from a finished stage 1; run 'detokenizer-1' first")
+        _load_module(detok1, out / "detokenizer-1", "detokenizer")
+        detok2 = stage2_from_stage1(detok1, config)
+    if "detokenizer-2" in stages:
+        result = detokenizer_stage2(
+            detok2,
+            parts.vision,
+            data,
+            out / "detokenizer-2",
+            loop(schedule.detok2_steps, 2e-4, 50),
+            batch_size=schedule.detok_batch,
+        )
+        report["stages"]["detokenizer-2"] = {"step": result.step, "finished": result.finished, **result.losses}
+        if not result.finished:
+            return report
+
+    # 3-4. LLM
+    lvlm = parts.lvlms["seed-x-i"]
+    pad = tokenizer.pad_token_id
+    if "lvlm-pretrain" in stages:
+        result = lvlm_pretrain(
+            lvlm,
+            parts.vision,
+            lambda step: data.lvlm_examples(step, schedule.lvlm_batch, style="seed-x"),
+            out / "lvlm-pretrain",
+            loop(schedule.pretrain_steps, 1e-3, 100),
+            pad_token_id=pad,
+        )
+        report["stages"]["lvlm-pretrain"] = {"step": result.step, "finished": result.finished, **result.losses}
+        if not result.finished:
+            return report
+    if "lvlm-sft" in stages:
+        if not done("lvlm-pretrain", schedule.pretrain_steps):
+            raise ConfigError("instruction tuning starts from a finished pre-training; run 'lvlm-pretrain' first")
+        _load_module(lvlm, out / "lvlm-pretrain", "lvlm")
+        result = lvlm_sft(
+            lvlm,
+            parts.vision,
+            lambda step: data.lvlm_examples(step, schedule.lvlm_batch, style="seed-x-i"),
+            out / "lvlm-sft",
+            loop(schedule.sft_steps, 5e-4, 50),
+            lora=LoraSettings(r=32, alpha=32),
+            pad_token_id=pad,
+        )
+        report["stages"]["lvlm-sft"] = {"step": result.step, "finished": result.finished, **result.losses}
+        if not result.finished:
+            return report
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def assemble_mini(
+    out_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    schedule: MiniSchedule = MiniSchedule(),
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Collect the finished stages of ``out_dir`` into one checkpoint folder (our layout) at ``model_dir``.
+
+    The one trained LLM serves both the ``seed-x-i`` and the ``seed-x-edit`` roles (stored once).
+    """
+    from seedx_agent.checkpoints import save_components
+    from seedx_agent.training.loop import checkpoint_step
+
+    out = Path(out_dir)
+    need = {
+        "vit": schedule.vit_steps,
+        "detokenizer-1": schedule.detok1_steps,
+        "detokenizer-2": schedule.detok2_steps,
+        "lvlm-sft": schedule.sft_steps,
+    }
+    unfinished = [s for s, n in need.items() if (checkpoint_step(out / s) or 0) < n]
+    if unfinished:
+        raise ConfigError(f"stages {unfinished} of {str(out)!r} are not finished; run the training first")
+    config = SeedXConfig.from_preset("mini")
+    tokenizer = SeedXTokenizer.tiny()
+    parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=0)
+    _load_module(parts.vision, out / "vit", "vision")
+    _load_module(parts.detokenizers[1], out / "detokenizer-1", "detokenizer")
+    detok2 = stage2_from_stage1(parts.detokenizers[1], config)
+    _load_module(detok2, out / "detokenizer-2", "detokenizer")
+    parts.detokenizers[2] = detok2
+    lvlm = parts.lvlms["seed-x-i"]
+    apply_lora(lvlm, LoraSettings(r=32, alpha=32))
+    _load_module(lvlm, out / "lvlm-sft", "lvlm")
+    merge_lora(lvlm)
+    parts.lvlms["seed-x-edit"] = lvlm
+    for _, module in parts.modules():
+        module.to(dtype).eval()
+    return save_components(parts, Path(model_dir), overwrite=True)
