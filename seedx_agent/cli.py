@@ -23,50 +23,148 @@ def _load_model(spec: str, *, variants: tuple[str, ...], allow_pickle: bool = Fa
 
     if spec in PRESETS:
         return SeedX.from_preset(spec, variants=variants)
+    if spec == "mini":
+        return SeedX.load("mini", variants=variants)
     return SeedX.from_pretrained(spec, variants=variants, allow_pickle=allow_pickle)
 
 
+def _demo_scene():
+    from seedx_agent.miniature.world import Scene, Shape
+
+    return Scene(
+        shapes=(
+            Shape("circle", "red", "large", (0, 0)),
+            Shape("square", "blue", "large", (1, 2)),
+        ),
+        background="white",
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Describe, ground, generate and edit a scene; write PNGs and a report."""
-    import PIL.Image
-    import PIL.ImageDraw
+    """Describe, ground, generate and edit a world scene; write PNGs and a report."""
+    from seedx_agent.miniature import world
+    from seedx_agent.miniature.evaluate import score_edit, score_generation, score_grounding
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = _load_model(args.model, variants=("seed-x-i", "seed-x-edit"))
-    report = {"model": args.model, "variants": list(model.variants), "load_s": round(time.perf_counter() - start, 2)}
-    if args.model.startswith("tiny-random"):
-        report["note"] = "tiny-random has random weights: outputs exercise the pipeline, they are not meaningful"
+    report: dict = {
+        "model": args.model,
+        "variants": list(model.variants),
+        "load_s": round(time.perf_counter() - start, 2),
+    }
+    if args.model != "mini" and args.model in _presets():
+        report["note"] = f"{args.model} has random weights: outputs exercise the pipeline, they are not meaningful"
 
-    scene = PIL.Image.new("RGB", (96, 64), "white")
-    draw = PIL.ImageDraw.Draw(scene)
-    draw.ellipse((8, 8, 40, 40), fill=(220, 30, 30))
-    draw.rectangle((56, 24, 88, 56), fill=(30, 30, 220))
-    scene.save(out / "input.png")
-
+    scene = _demo_scene()
+    image = world.render(scene, 64)
+    image.save(out / "input.png")
     t = time.perf_counter()
-    answer = model.comprehend(scene, "Describe the image.")
-    report["comprehend"] = {"text": answer.text, "seconds": round(time.perf_counter() - t, 2)}
+    answer = model.comprehend(image, world.CAPTION_QUESTION)
+    report["describe"] = {"text": answer.text, "expected": world.describe(scene), "seconds": _since(t)}
     t = time.perf_counter()
-    grounding = model.ground(scene, "the red circle")
+    question = "what colour is the square?"
+    answer = model.comprehend(image, question)
+    report["vqa"] = {"question": question, "text": answer.text, "expected": "blue", "seconds": _since(t)}
+    t = time.perf_counter()
+    grounding = model.ground(image, "the red circle")
+    target = world.object_box(scene.shapes[0], 64)
     report["ground"] = {
-        "boxes": [b.as_tuple() for b in grounding.boxes],
-        "text": grounding.text,
-        "seconds": round(time.perf_counter() - t, 2),
+        "phrase": "the red circle",
+        "boxes": [[round(v, 1) for v in b.as_tuple()] for b in grounding.boxes],
+        "expected": list(target),
+        "iou": round(score_grounding(grounding.box, target)["iou"], 3),
+        "seconds": _since(t),
     }
     t = time.perf_counter()
-    generated = model.generate_image("a red circle at the top left", seed=args.seed, progress=not args.quiet)
+    prompt = "a green triangle at the bottom left"
+    generated = model.generate_image(prompt, seed=args.seed, progress=not args.quiet)
     generated.image.save(out / "generated.png")
-    report["generate_image"] = {"file": "generated.png", "seconds": round(time.perf_counter() - t, 2)}
+    wanted = world.Scene(shapes=(world.Shape("triangle", "green", "large", (2, 0)),), background="white")
+    report["generate_image"] = {
+        "prompt": prompt,
+        "file": "generated.png",
+        "correct": score_generation(generated.image, wanted)["all_ok"],
+        "seconds": _since(t),
+    }
     t = time.perf_counter()
-    edited = model.edit_image(scene, "Make the circle green.", seed=args.seed, progress=not args.quiet)
+    instruction = "make the red circle yellow"
+    edited = model.edit_image(image, instruction, seed=args.seed, progress=not args.quiet)
     edited.image.save(out / "edited.png")
-    report["edit_image"] = {"file": "edited.png", "seconds": round(time.perf_counter() - t, 2)}
-    report["total_s"] = round(time.perf_counter() - start, 2)
+    target_scene = scene.replace_shape(0, world.Shape("circle", "yellow", "large", (0, 0)))
+    report["edit_image"] = {
+        "instruction": instruction,
+        "file": "edited.png",
+        "correct": score_edit(edited.image, scene, target_scene)["all_ok"],
+        "seconds": _since(t),
+    }
+    report["total_s"] = _since(start)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _since(start: float) -> float:
+    return round(time.perf_counter() - start, 2)
+
+
+def _presets() -> dict:
+    from seedx_agent.config import PRESETS
+
+    return PRESETS
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) a recipe; ``mini`` runs every stage of the miniature and assembles the model."""
+    from seedx_agent.training.recipes import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
+
+    if args.recipe != "mini":
+        raise SystemExit("only the 'mini' recipe runs from the CLI so far; use seedx_agent.training.recipes in Python")
+    schedule = MiniSchedule()
+    if args.scale != 1.0:
+        schedule = schedule.scaled(args.scale)
+    stages = tuple(args.stages) if args.stages else MINI_STAGES
+    start = time.perf_counter()
+    report = run_mini(
+        args.out,
+        schedule=schedule,
+        stages=stages,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    print(json.dumps(report, indent=2, default=str))
+    if stages == MINI_STAGES and all(s.get("finished") for s in report["stages"].values()):
+        folder = assemble_mini(args.out, Path(args.out) / "model", schedule=schedule)
+        print(f"model written to {folder} ({_since(start)} s this call)")
+    else:
+        print(f"stopped after {_since(start)} s; run the same command again to resume")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a model on held-out world samples and print the table against the bars."""
+    from seedx_agent.miniature.eval_model import EVAL_TASKS, evaluate_model
+
+    if args.what != "mini":
+        raise SystemExit("only 'seedx-agent eval mini' exists: it scores a model on the miniature world")
+    model = _load_model(args.model, variants=("seed-x-i", "seed-x-edit"))
+    start = time.perf_counter()
+    report = evaluate_model(
+        model,
+        n=args.n,
+        seed=args.seed,
+        tasks=tuple(args.tasks) if args.tasks else EVAL_TASKS,
+        num_inference_steps=args.steps,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
+    print(report.format_table())
+    print(f"{args.n} held-out samples per task, seed {args.seed}, {_since(start)} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.passed() or not args.strict else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -101,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run comprehension, grounding, generation and editing once")
-    demo.add_argument("--model", default="tiny-random", help="preset name or checkpoint folder")
+    demo.add_argument("--model", default="mini", help="mini (bundled, trained), a preset name or a checkpoint folder")
     demo.add_argument("--out", default="outputs/demo", help="folder for PNGs and report.json")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -120,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the official pickle .bin/.pt files (torch.load weights_only=True)",
     )
     convert.set_defaults(func=cmd_convert)
+
+    train = sub.add_parser("train", help="train (or resume) a recipe: 'mini' trains the miniature from scratch")
+    train.add_argument("recipe", choices=["mini"])
+    train.add_argument("--out", default="runs/mini", help="run folder (checkpoints per stage, then model/)")
+    train.add_argument("--stages", nargs="*", default=None, help="subset of stages to run (default: all, in order)")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long; rerun to resume")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (smoke runs)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="score a model on held-out miniature-world samples")
+    evaluate.add_argument("what", choices=["mini"])
+    evaluate.add_argument("--model", default="mini", help="mini (bundled), a preset or a checkpoint folder")
+    evaluate.add_argument("--n", type=int, default=50, help="held-out samples per task")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--tasks", nargs="*", default=None)
+    evaluate.add_argument("--steps", type=int, default=None, help="de-tokenizer steps (default: the model config's)")
+    evaluate.add_argument("--scheduler", default="euler", choices=["euler", "dpm"])
+    evaluate.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    evaluate.add_argument("--strict", action="store_true", help="exit 1 when a bar is missed")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="print components and parameter counts")
     info.add_argument("--model", default="tiny-random")

@@ -21,7 +21,7 @@ def test_cli_demo_writes_pngs_and_report(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert {"comprehend", "ground", "generate_image", "edit_image"} <= set(report)
+    assert {"describe", "vqa", "ground", "generate_image", "edit_image"} <= set(report)
     for name in ("input.png", "generated.png", "edited.png"):
         assert (tmp_path / name).stat().st_size > 0
 

@@ -31,6 +31,7 @@ __all__ = [
     "BACKGROUNDS",
     "BAND_COLOURS",
     "BAND_COLOURS_FOR_BACKGROUND",
+    "CAPTION_QUESTION",
     "COLOURS",
     "DEFAULT_IMAGE_SIZE",
     "EDIT_OPS",
@@ -141,6 +142,8 @@ MAX_IMAGE_SIZE = 2048
 # (reference §7.1), so the location bins barely depend on it.
 DEFAULT_IMAGE_SIZE = 64
 MAX_STORY_STEPS = 8
+# The question a captioning sample is asked with (training and evaluation share it).
+CAPTION_QUESTION = "describe the picture"
 
 _PLURALS = {kind: kind + "s" for kind in KINDS}
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -168,7 +169,7 @@ def _load_checkpoint(
         state = json.loads((folder / STATE_FILE).read_text())
         load_trainable_state(modules, load_file(str(folder / "weights.safetensors")))
         _restore_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), state["param_groups"])
-    except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, ValueError, SafetensorError) as exc:
         raise CheckpointError(
             f"cannot resume from {str(folder)!r}: {exc}; delete that folder to restart the stage from scratch"
         ) from exc

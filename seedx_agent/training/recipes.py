@@ -131,7 +131,13 @@ class ViTWorldHeads(nn.Module):
 
 
 def vit_world_pretrain(
-    vision: QwenViT, data: WorldData, out_dir: str | Path, loop: LoopConfig, *, batch_size: int = 32
+    vision: QwenViT,
+    data: WorldData,
+    out_dir: str | Path,
+    loop: LoopConfig,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> tuple[LoopResult, float]:
     """Train the ViT (+ throw-away heads) to read the world; returns the loop result and held-out
     per-attribute accuracy (mean over cells/attributes) of the final weights."""
@@ -150,7 +156,9 @@ def vit_world_pretrain(
         return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
 
     modules = {"vision": vision, "heads": heads}
-    result = run_loop("vit", out_dir, modules, [*vision.parameters(), *heads.parameters()], step_fn, loop)
+    result = run_loop(
+        "vit", out_dir, modules, [*vision.parameters(), *heads.parameters()], step_fn, loop, progress=progress
+    )
     with torch.no_grad():
         vision.eval(), heads.eval()
         logits, targets = logits_and_targets(10**6 - 1, 256)  # a step index the run never reaches
@@ -171,13 +179,19 @@ def _detok_step(
     *,
     uncond_prob: float,
     condition_drop_prob: float = 0.0,
+    raw_token_every: int = 3,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     size = vision.config.image_size
-    negative = pool_tokens_4to1(vit_features(vision, torch.zeros(1, 3, size, size)))
+    raw_negative = vit_features(vision, torch.zeros(1, 3, size, size))
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         batch = batch_fn(step)
-        features = pool_tokens_4to1(vit_features(vision, batch.vit_pixels))  # (B, tokens, dim)
+        features = vit_features(vision, batch.vit_pixels)  # (B, vit_tokens, dim)
+        negative = raw_negative
+        # LLM outputs arrive 4-to-1 pooled ("vit_down"); reconstruction feeds the raw tokens (§8.1 D, §9.2).
+        # The official training code is unreleased; training on both keeps both inference paths in distribution.
+        if step % raw_token_every != raw_token_every - 1:
+            features, negative = pool_tokens_4to1(features), pool_tokens_4to1(raw_negative)
         kwargs: dict[str, object] = {}
         if detok.stage == 2:
             kwargs = {"condition_images": batch.condition_pixels, "condition_drop_prob": condition_drop_prob}
@@ -198,6 +212,7 @@ def detokenizer_stage1(
     *,
     batch_size: int = 32,
     uncond_prob: float = 0.1,
+    progress: bool = True,
 ) -> LoopResult:
     """Reconstruction: the UNet learns to draw an image from its (pooled) ViT features."""
     if detok.stage != 1:
@@ -208,7 +223,7 @@ def detokenizer_stage1(
         frozen(detok.vae)
     step_fn = _detok_step(detok, vision, lambda step: data.scenes(step, batch_size), uncond_prob=uncond_prob)
     params = [p for p in detok.parameters() if p.requires_grad]
-    return run_loop("detokenizer-1", out_dir, {"detokenizer": detok}, params, step_fn, loop)
+    return run_loop("detokenizer-1", out_dir, {"detokenizer": detok}, params, step_fn, loop, progress=progress)
 
 
 def stage2_from_stage1(stage1: Detokenizer, config: SeedXConfig) -> Detokenizer:
@@ -233,6 +248,7 @@ def detokenizer_stage2(
     batch_size: int = 32,
     uncond_prob: float = 0.05,
     condition_drop_prob: float = 0.05,
+    progress: bool = True,
 ) -> LoopResult:
     """Editing: the UNet draws the target from its features, with the source image on ``conv_in``."""
     if detok.stage != 2:
@@ -249,7 +265,7 @@ def detokenizer_stage2(
         condition_drop_prob=condition_drop_prob,
     )
     params = [p for p in detok.parameters() if p.requires_grad]
-    return run_loop("detokenizer-2", out_dir, {"detokenizer": detok}, params, step_fn, loop)
+    return run_loop("detokenizer-2", out_dir, {"detokenizer": detok}, params, step_fn, loop, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +282,7 @@ def lvlm_pretrain(
     *,
     pad_token_id: int = 0,
     gradient_checkpointing: bool = False,
+    progress: bool = True,
 ) -> LoopResult:
     """Multimodal pre-training: every LVLM weight trains (the ViT stays frozen)."""
     frozen(vision)
@@ -276,7 +293,7 @@ def lvlm_pretrain(
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         return lvlm_loss(lvlm, vision, collate(examples(step), pad_token_id=pad_token_id))
 
-    return run_loop("lvlm-pretrain", out_dir, {"lvlm": lvlm}, list(lvlm.parameters()), step_fn, loop)
+    return run_loop("lvlm-pretrain", out_dir, {"lvlm": lvlm}, list(lvlm.parameters()), step_fn, loop, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -329,6 +346,7 @@ def lvlm_sft(
     lora: LoraSettings = LoraSettings(),
     pad_token_id: int = 0,
     merge: bool = True,
+    progress: bool = True,
 ) -> LoopResult:
     """Instruction tuning with a fresh LoRA on the (merged) pre-trained LLM; merged at the end."""
     frozen(vision)
@@ -339,7 +357,7 @@ def lvlm_sft(
         return lvlm_loss(lvlm, vision, collate(examples(step), pad_token_id=pad_token_id))
 
     params = [p for p in lvlm.parameters() if p.requires_grad]
-    result = run_loop("lvlm-sft", out_dir, {"lvlm": lvlm}, params, step_fn, loop)
+    result = run_loop("lvlm-sft", out_dir, {"lvlm": lvlm}, params, step_fn, loop, progress=progress)
     if merge and result.finished:
         merge_lora(lvlm)
     return result
@@ -354,11 +372,12 @@ def lvlm_sft(
 class MiniSchedule:
     """Steps per stage of the miniature run (the defaults are what the bundled weights used)."""
 
-    vit_steps: int = 600
-    detok1_steps: int = 1400
-    detok2_steps: int = 500
-    pretrain_steps: int = 2500
-    sft_steps: int = 1200
+    vit_steps: int = 900
+    vit_batch: int = 32
+    detok1_steps: int = 900
+    detok2_steps: int = 300
+    pretrain_steps: int = 1400
+    sft_steps: int = 700
     detok_batch: int = 16
     lvlm_batch: int = 16
     seed: int = 0
@@ -424,7 +443,12 @@ def run_mini(
     # 0. ViT
     if "vit" in stages:
         result, accuracy = vit_world_pretrain(
-            parts.vision, data, out / "vit", loop(schedule.vit_steps, 1e-3, 50), batch_size=schedule.detok_batch
+            parts.vision,
+            data,
+            out / "vit",
+            loop(schedule.vit_steps, 1e-3, 50),
+            batch_size=schedule.vit_batch,
+            progress=progress,
         )
         report["stages"]["vit"] = {"step": result.step, "finished": result.finished, "heldout_accuracy": accuracy}
         if not result.finished:
@@ -445,6 +469,7 @@ def run_mini(
             out / "detokenizer-1",
             loop(schedule.detok1_steps, 3e-4, 100),
             batch_size=schedule.detok_batch,
+            progress=progress,
         )
         report["stages"]["detokenizer-1"] = {"step": result.step, "finished": result.finished, **result.losses}
         if not result.finished:
@@ -463,6 +488,7 @@ def run_mini(
             out / "detokenizer-2",
             loop(schedule.detok2_steps, 2e-4, 50),
             batch_size=schedule.detok_batch,
+            progress=progress,
         )
         report["stages"]["detokenizer-2"] = {"step": result.step, "finished": result.finished, **result.losses}
         if not result.finished:
@@ -479,6 +505,7 @@ def run_mini(
             out / "lvlm-pretrain",
             loop(schedule.pretrain_steps, 1e-3, 100),
             pad_token_id=pad,
+            progress=progress,
         )
         report["stages"]["lvlm-pretrain"] = {"step": result.step, "finished": result.finished, **result.losses}
         if not result.finished:
@@ -495,6 +522,7 @@ def run_mini(
             loop(schedule.sft_steps, 5e-4, 50),
             lora=LoraSettings(r=32, alpha=32),
             pad_token_id=pad,
+            progress=progress,
         )
         report["stages"]["lvlm-sft"] = {"step": result.step, "finished": result.finished, **result.losses}
         if not result.finished:
@@ -509,6 +537,7 @@ def assemble_mini(
     *,
     schedule: MiniSchedule = MiniSchedule(),
     dtype: torch.dtype = torch.float16,
+    config: SeedXConfig | None = None,
 ) -> Path:
     """Collect the finished stages of ``out_dir`` into one checkpoint folder (our layout) at ``model_dir``.
 
@@ -527,7 +556,7 @@ def assemble_mini(
     unfinished = [s for s, n in need.items() if (checkpoint_step(out / s) or 0) < n]
     if unfinished:
         raise ConfigError(f"stages {unfinished} of {str(out)!r} are not finished; run the training first")
-    config = SeedXConfig.from_preset("mini")
+    config = config or SeedXConfig.from_preset("mini")
     tokenizer = SeedXTokenizer.tiny()
     parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=0)
     _load_module(parts.vision, out / "vit", "vision")

@@ -132,7 +132,7 @@ class WorldData:
         tok, cfg, size = self.tokenizer, self.config, self.vit_size
         sample = world.make_sample(task, rng, image_size=size, title_probability=self.title_probability)
         if isinstance(sample, world.CaptionSample):
-            question = "describe the picture" if style != "seed-x" else "what is in the picture?"
+            question = world.CAPTION_QUESTION
             image = world.render(sample.scene, size)
             return comprehension_example(tok, cfg, [question, sample.caption], [image], style=style)
         if isinstance(sample, world.VQASample):

@@ -1,0 +1,182 @@
+"""Each training stage learns (loss drops on a fixed batch), LoRA merges exactly, and the miniature's
+recipe runs end to end, resumes and assembles a loadable model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from seedx_agent.components import build_components
+from seedx_agent.config import SeedXConfig
+from seedx_agent.errors import ConfigError
+from seedx_agent.model import SeedX
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.training.examples import collate
+from seedx_agent.training.loop import LoopConfig
+from seedx_agent.training.recipes import (
+    LoraSettings,
+    MiniSchedule,
+    apply_lora,
+    assemble_mini,
+    detokenizer_stage1,
+    detokenizer_stage2,
+    lvlm_loss,
+    lvlm_pretrain,
+    lvlm_sft,
+    merge_lora,
+    run_mini,
+    stage2_from_stage1,
+    vit_features,
+    vit_world_pretrain,
+)
+from seedx_agent.training.world_data import WorldData
+from seedx_agent.vision import pool_tokens_4to1
+
+
+class FixedBatch(WorldData):
+    """The same batch at every step, so a falling loss means the weights learned it."""
+
+    def scenes(self, step, n):
+        return super().scenes(0, n)
+
+    def edits(self, step, n):
+        return super().edits(0, n)
+
+    def lvlm_examples(self, step, n, **kwargs):
+        return super().lvlm_examples(0, n, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = SeedXConfig.from_preset("tiny-random")
+    tokenizer = SeedXTokenizer.tiny()
+    parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=0)
+    return config, tokenizer, parts, FixedBatch(config, tokenizer)
+
+
+def loop(steps: int, lr: float) -> LoopConfig:
+    return LoopConfig(steps=steps, lr=lr, warmup_steps=0, checkpoint_every_s=1e9, log_every=1, weight_decay=0.0)
+
+
+def detok_loss(detok, vision, batch, stage: int) -> float:
+    torch.manual_seed(0)
+    features = pool_tokens_4to1(vit_features(vision, batch.vit_pixels))
+    kwargs = {"condition_images": batch.condition_pixels} if stage == 2 else {}
+    with torch.no_grad():
+        return float(detok.training_loss(batch.target_pixels, features, **kwargs))
+
+
+def test_vit_stage_learns_the_world(tiny, tmp_path: Path) -> None:
+    _config, _, parts, data = tiny
+    vision = copy.deepcopy(parts.vision)
+    result, accuracy = vit_world_pretrain(vision, data, tmp_path, loop(8, 3e-3), batch_size=8)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert 0.0 <= accuracy <= 1.0
+    assert not any(p.requires_grad for p in vision.parameters())  # frozen afterwards
+
+
+def test_detokenizer_stages_lower_the_loss(tiny, tmp_path: Path) -> None:
+    config, _, parts, data = tiny
+    vision, detok = parts.vision, copy.deepcopy(parts.detokenizers[1])
+    batch = data.scenes(0, 4)
+    before = detok_loss(detok, vision, batch, 1)
+    detokenizer_stage1(detok, vision, data, tmp_path / "d1", loop(6, 2e-3), batch_size=4, uncond_prob=0.0)
+    assert detok_loss(detok, vision, batch, 1) < before
+    assert not any(p.requires_grad for p in vision.parameters())
+
+    stage2 = stage2_from_stage1(detok, config)
+    assert stage2.unet.conv_in.in_channels == 2 * detok.unet.conv_in.in_channels
+    edits = data.edits(0, 4)
+    before = detok_loss(stage2, vision, edits, 2)
+    detokenizer_stage2(stage2, vision, data, tmp_path / "d2", loop(6, 2e-3), batch_size=4, uncond_prob=0.0)
+    assert detok_loss(stage2, vision, edits, 2) < before
+    with pytest.raises(ConfigError, match="stage-1"):
+        detokenizer_stage1(stage2, vision, data, tmp_path / "bad", loop(1, 1e-3))
+
+
+def test_lvlm_pretrain_and_sft_lower_both_losses(tiny, tmp_path: Path) -> None:
+    _config, _tokenizer, parts, data = tiny
+    lvlm, vision = copy.deepcopy(parts.lvlms["seed-x-i"]), parts.vision
+    examples = data.lvlm_examples(0, 6, style="seed-x", weights={"caption": 1, "text_to_image": 1})
+    batch = collate(examples)
+    with torch.no_grad():
+        before = lvlm_loss(lvlm, vision, batch)
+    lvlm_pretrain(lvlm, vision, lambda s: examples, tmp_path / "pt", loop(8, 3e-3))
+    with torch.no_grad():
+        after = lvlm_loss(lvlm, vision, batch)
+    assert after["lm"] < before["lm"] and after["rec"] < before["rec"]
+
+    sft_examples = data.lvlm_examples(0, 6, style="seed-x-i", weights={"vqa": 1, "edit": 1})
+    sft_batch = collate(sft_examples)
+    with torch.no_grad():
+        before = lvlm_loss(lvlm, vision, sft_batch)["loss"]
+    result = lvlm_sft(
+        lvlm, vision, lambda s: sft_examples, tmp_path / "sft", loop(8, 3e-3), lora=LoraSettings(r=4, alpha=8)
+    )
+    assert result.finished and not hasattr(lvlm.llm, "merge_and_unload")  # merged back into plain LLaMA
+    with torch.no_grad():
+        assert lvlm_loss(lvlm, vision, sft_batch)["loss"] < before
+
+
+def test_lora_trainable_set_and_exact_merge(tiny) -> None:
+    _, _, parts, data = tiny
+    lvlm = copy.deepcopy(parts.lvlms["seed-x-i"])
+    lvlm.requires_grad_(False)
+    apply_lora(lvlm, LoraSettings(r=4, alpha=8, dropout=0.0))
+    trainable = {n for n, p in lvlm.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    assert any("input_layernorm.modules_to_save" in n for n in trainable)
+    assert any("embed_tokens" in n for n in trainable) and any("lm_head" in n for n in trainable)
+    assert any(n.startswith("input_resampler") for n in trainable)
+    assert not any(n.endswith("q_proj.base_layer.weight") for n in trainable)  # base weights frozen
+    with torch.no_grad():  # make the adapter non-trivial, then merging must not change outputs
+        for name, p in lvlm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    lvlm.eval()
+    batch = collate(data.lvlm_examples(0, 3, style="seed-x-i", weights={"vqa": 1}))
+    with torch.no_grad():
+        unmerged = lvlm_loss(lvlm, parts.vision, batch)["loss"]
+        merge_lora(lvlm)
+        merged = lvlm_loss(lvlm, parts.vision, batch)["loss"]
+    assert type(lvlm.llm).__name__ == "LlamaForCausalLM"
+    assert torch.allclose(unmerged, merged, atol=1e-5)
+
+
+def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
+    schedule = MiniSchedule(
+        vit_steps=2,
+        detok1_steps=2,
+        detok2_steps=1,
+        pretrain_steps=2,
+        sft_steps=1,
+        vit_batch=2,
+        detok_batch=2,
+        lvlm_batch=2,
+    )
+    run = tmp_path / "run"
+    config = SeedXConfig.from_preset("tiny-random").model_copy(
+        update={"anyres": SeedXConfig.from_preset("mini").anyres}
+    )
+    with pytest.raises(ConfigError, match="ViT stage"):
+        run_mini(run, schedule=schedule, stages=("lvlm-pretrain",), progress=False, config=config)
+    report = run_mini(run, schedule=schedule, progress=False, config=config)
+    assert set(report["stages"]) == {"vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft"}
+    assert all(stage["finished"] for stage in report["stages"].values())
+    again = run_mini(
+        run, schedule=schedule, stages=("lvlm-pretrain",), progress=False, config=config
+    )  # finished: no work
+    assert again["stages"]["lvlm-pretrain"]["step"] == 2
+
+    folder = assemble_mini(run, tmp_path / "model", schedule=schedule, config=config)
+    model = SeedX.from_pretrained(folder)
+    assert model.variants == ("seed-x-i", "seed-x-edit")
+    assert model.parts.lvlms["seed-x-i"] is model.parts.lvlms["seed-x-edit"]  # one LLM, stored once
+    assert not (folder / "lvlm" / "seed-x-edit.safetensors").exists()
+    assert sorted(model.parts.detokenizers) == [1, 2]
+    assert model.generate_image("a red circle at the top", seed=0, num_inference_steps=2).image.size == (32, 32)
+    with pytest.raises(ConfigError, match="not finished"):
+        assemble_mini(tmp_path / "empty", tmp_path / "model2", schedule=schedule, config=config)
