@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 
+    # The agent commands live with the graphs (the CLI is the top floor; nothing below imports it).
+    from seedx_agent.graphs.cli_chat import register as register_agent_commands
+    from seedx_agent.graphs.cli_story import register as register_story_commands
+
+    register_agent_commands(sub)
+    register_story_commands(sub)
+
     info = sub.add_parser("info", help="print components and parameter counts")
     info.add_argument("--model", default="tiny-random")
     info.add_argument("--variants", nargs="+", default=["seed-x-i"])

@@ -14,6 +14,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
 NETWORK_ATTEMPTS: list[object] = []
 
 
@@ -36,11 +37,20 @@ def _guarded_connect(self: socket.socket, address: object) -> None:
     return _real_connect(self, address)
 
 
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    if not _is_loopback(address):
+        NETWORK_ATTEMPTS.append(address)
+        raise OSError(f"network access to {address!r} is blocked in tests")
+    return _real_connect_ex(self, address)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_network() -> None:
     socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
     assert not NETWORK_ATTEMPTS, f"tests tried to reach the network: {NETWORK_ATTEMPTS}"
 
 
