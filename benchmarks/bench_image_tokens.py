@@ -1,10 +1,13 @@
-"""Benchmark: the image-token phase of text-to-image, and any-res preprocessing, against the official algorithm.
+"""Benchmark: image-token phase, t2i LLM stage, cached second question, any-res, against the official algorithm.
 
 Section 1 times the official way of producing an image's LLM features (HF ``generate`` with a logits
 processor forcing ``<img_00000>`` .. ``</img>`` one decoding step each, every layer's hidden states kept,
 reference §6.1/§6.2) against ``seedx_agent.decoding.decode`` (the placeholders fed in one forward pass),
 on the same weights in the same process, alternating runs. Section 2 times ``seedx_agent.anyres.preprocess``
 against the same algorithm written naively (per-crop resize / ToTensor / Normalize in a Python loop).
+Section 1b times the whole LLM stage of a text-to-image turn (prompt text -> regressed ViT features).
+Section 3 times the first token of a second question about an image: re-encoding it (ViT + full prefill,
+``prefix_cache=False``) against the prefix KV cache (``seedx_agent.kv_cache``); answers must be equal.
 
 Run from the repository root: ``python -m benchmarks.bench_image_tokens --config tiny --runs 5``.
 """
@@ -26,10 +29,13 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from seedx_agent import prompts
 from seedx_agent.anyres import parse_grids, preprocess, select_grid
+from seedx_agent.components import build_components
 from seedx_agent.config import AnyResConfig, LLMConfig, LVLMConfig, QwenResamplerConfig, SeedXConfig, VisionConfig
 from seedx_agent.decoding import GenerationOptions, decode
 from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.model import SeedX
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tokens import BOI, TokenIds
 
@@ -127,6 +133,80 @@ def ours_image_states(lvlm: SeedXLVLM, ids: TokenIds, prompt_ids: list[int]) -> 
         lvlm, ids, inputs_embeds=lvlm.inputs_embeds(input_ids), last_prompt_token=prompt_ids[-1], options=options
     )
     return out.image_hidden_states[0]
+
+
+def baseline_t2i_stage(model: SeedX, caption: str) -> torch.Tensor:
+    """Official t2i LLM stage: tokenize ``caption<img>``, generate with forcing, regress. (1, N, vit_dim)."""
+    lvlm = model.parts.lvlms["seed-x"]
+    prompt_ids = model.tokenizer.encode(caption + BOI, add_bos=True)
+    return lvlm.regress_images(baseline_image_states(lvlm, model.ids, prompt_ids)[None])
+
+
+@torch.no_grad()
+def ours_t2i_stage(model: SeedX, caption: str) -> torch.Tensor:
+    """Our t2i LLM stage through the facade's own path (``_run_llm`` + ``regress_images``). (1, N, vit_dim)."""
+    lvlm = model.parts.lvlms["seed-x"]
+    options = GenerationOptions(max_new_tokens=model.config.lvlm.num_image_tokens + 2, placeholder_mask="official_zero")
+    out = model._run_llm(lvlm, prompts.generation_prompt("seed-x", caption), [], options)
+    return lvlm.regress_images(torch.stack(out.image_hidden_states))
+
+
+def build_model(config_name: str) -> SeedX:
+    """A ``SeedX`` (pre-trained and instruct LLMs, seeded random weights) for ``config_name``."""
+    tokenizer = SeedXTokenizer.tiny()
+    config = build_config(config_name, vocab_size=len(tokenizer))
+    parts = build_components(config, tokenizer=tokenizer, variants=("seed-x", "seed-x-i"), stages=(1,), seed=0)
+    for module in (parts.vision, *parts.lvlms.values()):
+        module.eval()
+    return SeedX(parts)
+
+
+def bench_t2i_stage(model: SeedX, config_name: str, runs: int) -> float:
+    """Section 1b: prompt text -> regressed features, both paths; features must agree in fp32."""
+    base, ours = baseline_t2i_stage(model, CAPTION), ours_t2i_stage(model, CAPTION)
+    max_diff = float((base - ours).abs().max())
+    print(f"\nt2i LLM stage: regressed features {tuple(ours.shape)}: max abs diff baseline vs ours = {max_diff:.3e}")
+    if not max_diff < TOLERANCE:
+        raise RuntimeError(f"regressed features differ by {max_diff:.3e} >= {TOLERANCE}")
+    times = time_alternating(
+        {"baseline": lambda: baseline_t2i_stage(model, CAPTION), "ours": lambda: ours_t2i_stage(model, CAPTION)}, runs
+    )
+    return report(f"whole LLM stage of a t2i turn, config {config_name}", times)
+
+
+# -- second question about the same image: time to first token --------------------------------------------------
+def time_to_first_token(model: SeedX, image: PIL.Image.Image, question: str, *, cached: bool) -> tuple[float, int]:
+    """Seconds from the call to the first generated token, and that token (greedy)."""
+    start = time.perf_counter()
+    first: list[float] = []
+    options = GenerationOptions(max_new_tokens=1, prefix_cache=cached)
+    result = model.comprehend(image, question, options=options, on_token=lambda _: first.append(time.perf_counter()))
+    return first[0] - start, result.token_ids[0]
+
+
+def bench_second_question(model: SeedX, config_name: str, runs: int, image_side: int) -> float:
+    """Section 3: first token of follow-up questions, re-encoding vs the prefix KV cache; answers equal."""
+    image = make_images(1, seed=1)[0].resize((image_side * 2, image_side))  # a 2x1 grid: 3 crops
+    questions = [f"Question {i}: what is in the picture?" for i in range(runs + 1)]
+    model.prefix_cache.clear()
+    time_to_first_token(model, image, "First question about it.", cached=True)  # fills the cache
+    for question in questions[:2]:
+        if (
+            time_to_first_token(model, image, question, cached=True)[1]
+            != time_to_first_token(model, image, question, cached=False)[1]
+        ):
+            raise RuntimeError("the cached and uncached first tokens differ")
+    crops = preprocess(image, model.config.vision, model.config.anyres.grids).num_crops
+    print(
+        f"\nsecond question: {image.size} image, {crops} crops x {model.config.lvlm.num_image_tokens} image tokens; "
+        "first tokens equal cached vs uncached"
+    )
+    ttft: dict[str, list[float]] = {"baseline": [], "ours": []}  # alternating, a new question every run
+    for index in range(runs):
+        for name, cached in (("baseline", False), ("ours", True)):
+            ttft[name].append(time_to_first_token(model, image, questions[index], cached=cached)[0])
+    print(f"prefix cache: {model.prefix_cache.stats}")
+    return report(f"time to first token of a second question, config {config_name}", ttft)
 
 
 # -- timing helpers -------------------------------------------------------------------------------------------
@@ -267,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
     bench_image_tokens(config_name, runs)
+    model = build_model(config_name)
+    bench_t2i_stage(model, config_name, runs)
+    bench_second_question(model, config_name, runs, image_side=model.config.vision.image_size)
     # Any-res at the official 448 px unless smoke (then the tiny 56 px vision config).
     vision = SeedXConfig.from_preset("tiny-random").vision if args.smoke else VisionConfig()
     bench_anyres(vision, runs)

@@ -8,9 +8,11 @@ banner is squeezed into its grid like any other image.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import PIL.Image
@@ -43,6 +45,8 @@ class AnyResCrops:
     patch_positions: torch.Tensor  # (k+1, 2) float32 (x, y) in (0, 1); thumbnail (0.5, 0.5)
     grid: tuple[int, int]  # (cols, rows) of the tiling
     image_size: tuple[int, int]  # (width, height) of the original image (box coordinates refer to it)
+    # blake2b of the uint8 crops and the grid: identical model inputs <=> identical hash (prefix KV cache key).
+    content_hash: str | None = None
 
     @property
     def num_crops(self) -> int:
@@ -146,12 +150,31 @@ def crop_image(
     return crops, positions, (cols, rows)
 
 
+@lru_cache(maxsize=8)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(3, 256) float32: every uint8 value through ToTensor (/255) and Normalize, with torch's own fp32 ops."""
+    values = torch.arange(256, dtype=torch.float32).div(255).view(1, 256)  # exactly ToTensor's values
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1)
+    table = values.sub(mean_t).div(std_t).numpy()  # (3, 256)
+    table.setflags(write=False)
+    return table
+
+
 def _normalise(pixels: np.ndarray, config: VisionConfig) -> torch.Tensor:
-    """uint8 (n, S, S, 3) -> float32 (n, 3, S, S): ToTensor (/255) then Normalize ((x - mean) / std)."""
-    values = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)  # (n, 3, S, S)
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return values.sub(mean).div(std)
+    """uint8 (n, S, S, 3) -> float32 (n, 3, S, S): ToTensor (/255) then Normalize ((x - mean) / std).
+
+    A uint8 has 256 values, so the result is a table look-up of the same fp32 operations, bit-identical
+    to computing them per pixel; done one crop plane at a time so it stays in cache (a batched float
+    pass over every crop is memory-bound and was slower than the per-crop loop).
+    """
+    table = _normalise_table(tuple(config.mean), tuple(config.std))
+    count, height, width, _ = pixels.shape
+    out = np.empty((count, 3, height, width), dtype=np.float32)  # (n, 3, S, S)
+    for index in range(count):
+        for channel in range(3):
+            np.take(table[channel], pixels[index, :, :, channel], out=out[index, channel])
+    return torch.from_numpy(out)
 
 
 def _resized_pixels(image: PIL.Image.Image, side: int) -> np.ndarray:
@@ -175,11 +198,26 @@ def preprocess(image: PIL.Image.Image, config: VisionConfig, grids: Sequence[str
         )
     # Orientation is load_image's job; here only the mode is normalised so sizes stay the caller's.
     rgb = image if image.mode == "RGB" else to_rgb(image, apply_exif_orientation=False)
-    crops, positions, grid = crop_image(rgb, config, grids)
-    pixels = np.stack([_resized_pixels(crop, config.image_size) for crop in crops])  # (k+1, S, S, 3)
+    side = config.image_size
+    grid_w, grid_h = select_grid(rgb.size, parse_grids(grids, side))
+    cols, rows = grid_w // side, grid_h // side
+    resized = rgb.resize((grid_w, grid_h), Image.Resampling.BICUBIC)
+    # The thumbnail is the same PIL call as the grid resize when the grid is 1x1: reuse it.
+    thumbnail = resized if (cols, rows) == (1, 1) else rgb.resize((side, side), Image.Resampling.BICUBIC)
+    # Tiles sit on whole pixels of the resized image, so slicing its array equals PIL's crop; each tile is
+    # already S x S, where torchvision's Resize((S, S)) is a no-op copy.
+    grid_pixels = np.asarray(resized)  # (rows*S, cols*S, 3) uint8
+    pixels = np.empty((rows * cols + 1, side, side, 3), dtype=np.uint8)  # (k+1, S, S, 3)
+    pixels[:-1] = grid_pixels.reshape(rows, side, cols, side, 3).transpose(0, 2, 1, 3, 4).reshape(-1, side, side, 3)
+    pixels[-1] = np.asarray(thumbnail)
+    positions = [((col + 0.5) / cols, (row + 0.5) / rows) for row in range(rows) for col in range(cols)]
+    positions.append((0.5, 0.5))
+    digest = hashlib.blake2b(pixels.data, digest_size=20)
+    digest.update(f"{cols}x{rows}".encode())
     return AnyResCrops(
         pixel_values=_normalise(pixels, config),
         patch_positions=torch.tensor(positions, dtype=torch.float32),  # (k+1, 2)
-        grid=grid,
+        grid=(cols, rows),
         image_size=rgb.size,
+        content_hash=digest.hexdigest(),
     )

@@ -42,6 +42,8 @@ class GenerationOptions(BaseModel):
     require_image: bool = False
     # "one_forward" (fast) or "per_token" (the official one-step-per-placeholder path, for checks).
     image_block_mode: Literal["one_forward", "per_token"] = "one_forward"
+    # Reuse (and store) the KV entries of the prompt up to its last input image (SeedX.prefix_cache).
+    prefix_cache: bool = True
 
 
 @dataclass
@@ -49,7 +51,7 @@ class DecodeOutput:
     token_ids: list[int]  # generated ids, image blocks included
     image_hidden_states: list[torch.Tensor] = field(default_factory=list)  # each (num_image_tokens, hidden)
     finish_reason: Literal["eos", "length"] = "length"
-    cache: object | None = None  # the KV cache after the last fed token (for prefix reuse)
+    cache: object | None = None  # the KV cache of every token run through the model (the last one may be missing)
 
 
 def apply_placeholder_mask(logits: torch.Tensor, ids: TokenIds, mode: str) -> torch.Tensor:
@@ -96,22 +98,29 @@ def decode(
 
     ``cache`` may hold the KV entries of a prefix of the prompt; then ``inputs_embeds`` holds only the
     rest. ``last_prompt_token`` is the id of the prompt's final token (``<img>`` starts an image block).
+    Tokens are fed lazily: a forced image block goes into the same forward pass as whatever precedes it
+    (the prompt, or the sampled ``<img>``) together with its ``</img>``, and no forward is spent on the
+    final token once the budget is used up.
     """
     from transformers import DynamicCache
 
     model, head = lvlm.backbone, lvlm.lm_head
+    embed = lvlm.llm.get_input_embeddings()
     device = inputs_embeds.device
     cache = cache if cache is not None else DynamicCache(config=lvlm.llm.config)
     generator = None
     if options.do_sample:
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
 
-    def step(**kwargs: torch.Tensor) -> torch.Tensor:
-        return model(**kwargs, cache=cache, use_cache=True).last_hidden_state  # (1, n, hidden)
+    def run(embeds: torch.Tensor) -> torch.Tensor:
+        return model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state  # (1, n, hidden)
 
-    hidden_last = step(inputs_embeds=inputs_embeds)[:, -1]
-    block = torch.tensor([list(ids.image)], device=device)  # (1, num_image_tokens)
-    n_block = block.shape[1]
+    def embed_ids(token_ids: list[int]) -> torch.Tensor:
+        return embed(torch.tensor([token_ids], device=device)).to(inputs_embeds.dtype)  # (1, n, hidden)
+
+    n_block = len(ids.image)
+    pending: torch.Tensor | None = inputs_embeds  # (1, n, hidden) fed to the model but not run yet
+    hidden_last = inputs_embeds.new_zeros(0)
     generated: list[int] = []
     images: list[torch.Tensor] = []
     last = last_prompt_token
@@ -125,30 +134,42 @@ def decode(
     while len(generated) < options.max_new_tokens:
         if last == ids.boi:
             if options.image_block_mode == "one_forward":
-                images.append(step(input_ids=block)[0])  # (num_image_tokens, hidden)
+                block = embed_ids([*ids.image, ids.eoi])  # (1, N+1, hidden)
+                feed = block if pending is None else torch.cat([pending, block], dim=1)
+                hidden = run(feed)  # (1, n, hidden)
+                images.append(hidden[0, -(n_block + 1) : -1])  # (num_image_tokens, hidden)
+                hidden_last = hidden[:, -1]
             else:  # one decoding step per placeholder, as the official loop
-                states = [step(input_ids=block[:, i : i + 1])[0, 0] for i in range(n_block)]
+                if pending is not None:
+                    run(pending)
+                states = [run(embed_ids([token]))[0, 0] for token in ids.image]
                 images.append(torch.stack(states))
+                hidden_last = run(embed_ids([ids.eoi]))[:, -1]
+            pending = None
             for token in ids.image:
                 emit(token)
-            next_token = ids.eoi
-        else:
-            logits = apply_placeholder_mask(head(hidden_last)[0].float(), ids, options.placeholder_mask)
-            if options.require_image and not images:
-                room = options.max_new_tokens - len(generated)
-                if room <= n_block + 2:  # only an image block (and EOS) still fits
-                    logits = torch.full_like(logits, float("-inf"))
-                    logits[ids.boi] = 0.0
-                elif int(torch.argmax(logits)) == ids.eos and not options.do_sample:
-                    logits[ids.eos] = float("-inf")
-                    logits[ids.boi] = float("inf")
-            next_token = sample_next_token(logits, options, generator)
-            if options.require_image and not images and next_token == ids.eos:
-                next_token = ids.boi
+            emit(ids.eoi)
+            last = ids.eoi
+            continue
+        if pending is not None:
+            hidden_last = run(pending)[:, -1]
+            pending = None
+        logits = apply_placeholder_mask(head(hidden_last)[0].float(), ids, options.placeholder_mask)
+        if options.require_image and not images:
+            room = options.max_new_tokens - len(generated)
+            if room <= n_block + 2:  # only an image block (and EOS) still fits
+                logits = torch.full_like(logits, float("-inf"))
+                logits[ids.boi] = 0.0
+            elif int(torch.argmax(logits)) == ids.eos and not options.do_sample:
+                logits[ids.eos] = float("-inf")
+                logits[ids.boi] = float("inf")
+        next_token = sample_next_token(logits, options, generator)
+        if options.require_image and not images and next_token == ids.eos:
+            next_token = ids.boi
         emit(next_token)
         if next_token == ids.eos:
             finish = "eos"
             break
-        hidden_last = step(input_ids=torch.tensor([[next_token]], device=device))[:, -1]
+        pending = embed_ids([next_token])
         last = next_token
     return DecodeOutput(generated, images, finish, cache)

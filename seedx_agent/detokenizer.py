@@ -170,6 +170,21 @@ def _check_scale(name: str, value: float) -> float:
     return float(value)
 
 
+def _per_row_generators(
+    generator: torch.Generator | Sequence[torch.Generator | None] | None, batch: int
+) -> list[torch.Generator | None] | None:
+    """``None`` for a single (or no) generator; otherwise the validated per-row list."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    rows = list(generator)
+    if len(rows) != batch or any(g is not None and not isinstance(g, torch.Generator) for g in rows):
+        raise ConfigError(
+            f"generator must be one torch.Generator or a list of {batch} (one per image, None allowed), got "
+            f"{len(rows)} items of types {sorted({type(g).__name__ for g in rows})}"
+        )
+    return rows
+
+
 class Detokenizer(nn.Module):
     """Perceiver resampler + SDXL-style UNet (+ VAE): turns 64 or 256 ViT-like tokens into an image.
 
@@ -336,12 +351,16 @@ class Detokenizer(nn.Module):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
         scheduler: str = "euler",
         output_size: int | None = None,
         progress: bool = False,
     ) -> list[Image.Image]:
         """Sample one image per row of ``image_features`` (batch, tokens, input_dim).
+
+        ``generator`` is one generator for the whole batch or, as in diffusers, a list with one per row:
+        row i's initial noise is then drawn from its own generator (``None``: the global RNG) exactly as a
+        batch-1 call with that generator draws it, so batching requests keeps each request's seed.
 
         ``negative_features`` (1 or batch, tokens', input_dim) are the zero-image ViT features of §9.2.
         Stage 1 uses eps-CFG when ``guidance_scale > 1``; stage 2 uses the three-way CFG when
@@ -358,6 +377,7 @@ class Detokenizer(nn.Module):
         _check_features("image_features", image_features, config.perceiver.input_dim)
         _check_features("negative_features", negative_features, config.perceiver.input_dim)
         batch = image_features.shape[0]
+        per_row = _per_row_generators(generator, batch)
         if negative_features.shape[0] not in (1, batch):
             raise InvalidImageError(
                 f"negative_features has batch {negative_features.shape[0]}; it must be 1 or match "
@@ -411,8 +431,24 @@ class Detokenizer(nn.Module):
 
         sampler.set_timesteps(steps, device=device)
         shape = (batch, config.latent_channels, latent_size, latent_size)
-        noise_device = generator.device if generator is not None else torch.device("cpu")
-        latents = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32).to(device)
+        if per_row is None:
+            noise_device = generator.device if generator is not None else torch.device("cpu")
+            latents = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32).to(device)
+            step_generator = generator
+        else:  # one (1, C, h, w) draw per row, as the batch-1 call draws it
+            rows = [
+                torch.randn(
+                    (1, *shape[1:]),
+                    generator=g,
+                    device=g.device if g is not None else torch.device("cpu"),
+                    dtype=torch.float32,
+                )
+                for g in per_row
+            ]
+            latents = torch.cat(rows).to(device)  # (B, C, h, w)
+            # Schedulers draw step noise only for stochastic settings (s_churn > 0, SDE solvers); a list
+            # with gaps cannot go to diffusers' randn_tensor, and the default settings never use it.
+            step_generator = list(per_row) if all(g is not None for g in per_row) else None
         latents = latents * sampler.init_noise_sigma
 
         for timestep in tqdm(sampler.timesteps, disable=not progress, desc="denoising"):
@@ -427,7 +463,7 @@ class Detokenizer(nn.Module):
             elif branches == 3:
                 text_image, image_only, none = prediction.chunk(3)
                 prediction = three_way_guidance(text_image, image_only, none, g, g_image)
-            latents = sampler.step(prediction, timestep, latents, generator=generator, return_dict=False)[0]
+            latents = sampler.step(prediction, timestep, latents, generator=step_generator, return_dict=False)[0]
         return self._decode(latents)
 
     # -- training ---------------------------------------------------------------------------------

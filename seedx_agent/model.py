@@ -25,6 +25,7 @@ from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig
 from seedx_agent.decoding import DecodeOutput, GenerationOptions, decode
 from seedx_agent.errors import CapabilityMissingError, CheckpointError, ConfigError, InvalidPromptError
 from seedx_agent.images import load_image
+from seedx_agent.kv_cache import PrefixKVCache, crops_fingerprint
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tokens import Box, TokenIds, parse_boxes, strip_tags
@@ -113,6 +114,8 @@ class SeedX:
         self.tokenizer: SeedXTokenizer = parts.tokenizer
         self.ids = TokenIds.from_vocab(parts.tokenizer, parts.config.lvlm.num_image_tokens)
         self._negative_cache: dict[tuple[str, str], torch.Tensor] = {}
+        # KV of prompts up to their last input image, reused across turns/questions (LRU by bytes; 0 = off).
+        self.prefix_cache = PrefixKVCache()
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -169,7 +172,10 @@ class SeedX:
             raise ConfigError(f"{path!r} is a preset with random weights; use SeedX.from_preset({path!r})")
         root = Path(path)
         if not root.exists():
-            raise CheckpointError(f"checkpoint folder {str(root)!r} does not exist")
+            raise CheckpointError(
+                f"checkpoint folder {str(root)!r} does not exist; pass an existing folder, 'mini', or a preset "
+                f"name for random weights ({', '.join(sorted(PRESETS))})"
+            )
         dmap = _device_map(device, device_map)
         if (root / "manifest.json").is_file():
             parts = checkpoints.load_components(root, variants=variants, stages=stages)
@@ -276,15 +282,52 @@ class SeedX:
         device = lvlm.device
         ids_tensor = torch.tensor([input_ids], device=device)
         mask_tensor = torch.tensor([cmp_mask], device=device)
-        image_embeds = None
-        if crops:
-            pixel_values = torch.cat([c.pixel_values for c in crops])  # (total_crops, 3, S, S)
-            positions = torch.cat([c.patch_positions for c in crops])  # (total_crops, 2)
-            features = self.encode_crops(pixel_values)
-            image_embeds = lvlm.embed_images(features, positions)
-        embeds = lvlm.inputs_embeds(ids_tensor, image_embeds, mask_tensor)
+
+        def embed_prompt() -> torch.Tensor:  # (1, seq, hidden) with the crops' features spliced in
+            image_embeds = None
+            if crops:
+                pixel_values = torch.cat([c.pixel_values for c in crops])  # (total_crops, 3, S, S)
+                positions = torch.cat([c.patch_positions for c in crops])  # (total_crops, 2)
+                image_embeds = lvlm.embed_images(self.encode_crops(pixel_values), positions)
+            return lvlm.inputs_embeds(ids_tensor, image_embeds, mask_tensor)
+
+        if not crops or not any(cmp_mask):  # nothing to cache (a count mismatch raises in embed_prompt)
+            embeds = embed_prompt()
+            last_token = input_ids[-1]
+            return decode(
+                lvlm, self.ids, inputs_embeds=embeds, last_prompt_token=last_token, options=options, on_token=on_token
+            )
+        # Split after the last image placeholder: that prefix's KV is what the prefix cache stores. The
+        # uncached path splits at the same place, so both feed identical tensors and agree bit for bit.
+        from transformers import DynamicCache
+
+        split = max(i for i, flag in enumerate(cmp_mask) if flag) + 1
+        cache_store = self.prefix_cache
+        use_cache = options.prefix_cache and cache_store.active and split < len(input_ids)
+        split = min(split, len(input_ids) - 1)  # decode needs at least one prompt token to run
+        key = None
+        kv = None
+        if use_cache:
+            identity = (id(lvlm), str(lvlm.device), str(lvlm.dtype))
+            key = cache_store.make_key(identity, crops_fingerprint(crops), input_ids[:split])
+            kv = cache_store.get(key)
+        if kv is None:
+            embeds = embed_prompt()
+            kv = DynamicCache(config=lvlm.llm.config)
+            lvlm.backbone(inputs_embeds=embeds[:, :split], cache=kv, use_cache=True)
+            if key is not None:
+                cache_store.put(key, kv)
+            rest = embeds[:, split:]
+        else:  # the suffix holds no image placeholders: plain token embeddings
+            rest = lvlm.inputs_embeds(ids_tensor[:, split:])
         return decode(
-            lvlm, self.ids, inputs_embeds=embeds, last_prompt_token=input_ids[-1], options=options, on_token=on_token
+            lvlm,
+            self.ids,
+            inputs_embeds=rest,
+            last_prompt_token=input_ids[-1],
+            options=options,
+            cache=kv,
+            on_token=on_token,
         )
 
     def _answer_text(self, token_ids: Sequence[int]) -> str:
@@ -350,7 +393,7 @@ class SeedX:
         features: torch.Tensor,
         *,
         condition: PIL.Image.Image | None = None,
-        seed: int | None = None,
+        seed: int | Sequence[int | None] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
@@ -364,7 +407,10 @@ class SeedX:
                 f"the stage-{stage} de-tokenizer is not loaded (loaded stages: {sorted(self.parts.detokenizers)}); "
                 f"load it with from_pretrained(..., stages=({stage},))"
             )
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if isinstance(seed, Sequence):  # one seed per feature row (generate_images)
+            generator: Any = [torch.Generator().manual_seed(s) if s is not None else None for s in seed]
+        else:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
         negative = self.negative_features(pooled=features.shape[1] != self.negative_features(pooled=False).shape[1])
         kwargs: dict[str, Any] = {}
         if stage == 2:
@@ -443,6 +489,69 @@ class SeedX:
             scheduler=scheduler,
             progress=progress,
         )
+
+    def generate_images(
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int | None] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        size: int | None = None,
+        scheduler: str = "euler",
+        variant: str | None = None,
+        options: GenerationOptions | None = None,
+        progress: bool = False,
+    ) -> list[GeneratedImage]:
+        """Text-to-image for several prompts: the LLM runs per prompt, the stage-1 de-tokenizer once for all.
+
+        Result i matches ``generate_image(prompts[i], seed=seeds[i], ...)``: each row's initial noise comes
+        from its own seeded generator; only float rounding of the batched UNet can differ. Used by
+        ``SeedXEngine`` to serve concurrent requests together.
+        """
+        from seedx_agent import prompts as templates  # the argument shadows the module name
+
+        if isinstance(prompts, str) or not prompts:
+            raise InvalidPromptError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        seed_list = list(seeds) if seeds is not None else [None] * len(prompts)
+        if len(seed_list) != len(prompts):
+            raise InvalidPromptError(
+                f"{len(seed_list)} seeds for {len(prompts)} prompts; pass one seed (or None) per prompt"
+            )
+        name, lvlm = self._lvlm(variant, purpose="generate_images", prefer=("seed-x-i", "seed-x"))
+        opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
+        opts = opts.model_copy(update={"require_image": True})
+        outputs, features, llm_seconds = [], [], []
+        for text in prompts:
+            start = time.perf_counter()
+            out = self._run_llm(lvlm, templates.generation_prompt(name, text), [], opts)  # type: ignore[arg-type]
+            llm_seconds.append(time.perf_counter() - start)
+            if not out.image_hidden_states:
+                raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
+            outputs.append(out)
+            features.append(lvlm.regress_images(torch.stack(out.image_hidden_states)))  # (n, tokens, vit_dim)
+        start = time.perf_counter()
+        pictures = self._render(
+            stage_for_variant(name),
+            torch.cat([f[:1] for f in features]),  # (batch, tokens, vit_dim): each answer's first image
+            seed=seed_list,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            size=size,
+            scheduler=scheduler,
+            progress=progress,
+        )
+        render_seconds = time.perf_counter() - start
+        results = []
+        for index, out in enumerate(outputs):
+            raw = self._answer_text(out.token_ids)
+            timings = {"llm_s": llm_seconds[index], "detokenizer_s": render_seconds, "batch_size": float(len(prompts))}
+            results.append(
+                GeneratedImage(
+                    pictures[index], [pictures[index]], strip_tags(raw), raw, features[index], seed_list[index], timings
+                )
+            )
+        return results
 
     def edit_image(
         self,

@@ -49,3 +49,10 @@ def test_bench_memory_smoke_reports_p50_and_tool_overhead():
 def test_bench_detokenizer_smoke_scores_each_setting():
     out = _smoke("benchmarks.bench_detokenizer", timeout=600)
     assert "| euler-4 |" in out and "| dpm-2 |" in out and "settings reaching euler-4" in out
+
+
+def test_bench_engine_batching_smoke_batches_three_requests():
+    out = _smoke("benchmarks.bench_engine_batching")
+    assert "ratio serial/batched:" in out
+    calls = float(out.split("de-tokenizer calls per round ")[1].split()[0])
+    assert calls < 3  # 3 concurrent requests never need 3 de-tokenizer runs

@@ -158,11 +158,13 @@ def run_kill_trial(root: Path, trial: int, added: dict[str, int], deleted: set[s
     try:
         ready = worker.stdout.readline()
         assert ready.startswith("ready"), worker.stderr.read()
-        time.sleep(rng.uniform(0.05, 0.6))
+        first = worker.stdout.readline()  # wait for the first stored image: a loaded machine can be slow to start
+        assert first.startswith("add "), first + worker.stderr.read()
+        time.sleep(rng.uniform(0.0, 0.6))
     finally:
         worker.send_signal(signal.SIGKILL)
         output, _ = worker.communicate(timeout=30)
-    lines = output.split("\n")[:-1]  # the last piece may be a line cut by the kill
+    lines = [first.rstrip("\n"), *output.split("\n")[:-1]]  # the last piece may be a line cut by the kill
     assert not any(line.startswith("network") for line in lines), lines
     reported = {line.split()[2]: int(line.split()[1]) for line in lines if line.startswith("add ")}
     assert reported, "the worker was killed before it stored anything; increase the delay"

@@ -1,0 +1,164 @@
+"""Benchmark: image-memory recall with many stored images, and LangGraph's overhead per tool call.
+
+Section 1 fills an ``ImageMemory`` with ``--count`` records through its bulk path ``add_many``: tiny
+distinct 8x8 images, captions from a small vocabulary, and an image embedder that hands out precomputed
+random unit vectors (512-d, like the ViT features the tools layer stores), so filling measures storage,
+not a model. Then it times ``search_image`` (by stored id) and ``search_text`` and reports p50/p95.
+Section 2 times a one-node graph (``START -> ToolNode -> END``) running one call of a trivial tool against
+calling that tool directly (``tool.invoke``).
+
+Run from the repository root: ``python -m benchmarks.bench_memory --count 100000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from memory import ImageMemory
+
+logger = logging.getLogger("benchmarks.bench_memory")
+
+WORDS = ("red", "green", "blue", "yellow", "circle", "square", "triangle", "star", "small", "large", "left", "right")
+EMBED_DIM = 512
+
+
+class PrecomputedEmbedder:
+    """An image embedder returning the next rows of a seeded random unit-vector stream (one per image)."""
+
+    def __init__(self, dim: int = EMBED_DIM, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dim = dim
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        vectors = self.rng.standard_normal((len(images), self.dim)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def percentiles(samples: Sequence[float]) -> tuple[float, float]:
+    """(p50, p95) in milliseconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1e3
+
+
+def time_calls(func: Callable[[int], object], runs: int) -> list[float]:
+    """Seconds per call of ``func(i)``, after 3 untimed warm-ups."""
+    for index in range(3):
+        func(index)
+    times = []
+    for index in range(runs):
+        start = time.perf_counter()
+        func(index)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_memory(count: int, runs: int, batch_size: int) -> float:
+    """Section 1: fill ``count`` records, then p50 of search_image / search_text (returns the worse p50, ms)."""
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory(prefix="seedx-bench-memory-") as root:
+        memory = ImageMemory.open(root, image_embedder=PrecomputedEmbedder())
+        try:
+            start = time.perf_counter()
+            ids: list[str] = []
+            for first in range(0, count, batch_size):
+                size = min(batch_size, count - first)
+                pixels = rng.integers(0, 256, (size, 8, 8, 3), dtype=np.uint8)  # distinct with near certainty
+                captions = [" ".join(rng.choice(WORDS, 4)) for _ in range(size)]
+                records = memory.add_many(
+                    [Image.fromarray(p) for p in pixels],
+                    kind="input",
+                    namespace="bench",
+                    captions=captions,
+                    batch_size=batch_size,
+                    progress=False,
+                )
+                ids += [record.id for record in records]
+            fill = time.perf_counter() - start
+            print(f"memory: {memory.count()} records stored in {fill:.1f} s ({count / fill:.0f} records/s)")
+            image_times = time_calls(lambda i: memory.search_image(ids[(i * 7919) % len(ids)], k=5), runs)
+            text_times = time_calls(lambda i: memory.search_text(" ".join(WORDS[i % 12 : i % 12 + 2]), k=5), runs)
+        finally:
+            memory.close()
+    print(f"\n## memory recall with {count} stored images ({runs} queries each, k=5)")
+    print("| query | p50 ms | p95 ms | target p50 |")
+    print("|---|---:|---:|---:|")
+    worst = 0.0
+    for name, times in (("search_image (by id)", image_times), ("search_text", text_times)):
+        p50, p95 = percentiles(times)
+        worst = max(worst, p50)
+        print(f"| {name} | {p50:.2f} | {p95:.2f} | <= 10 |")
+    print(f"memory recall p50 (worse of the two): {worst:.2f} ms")
+    return worst
+
+
+def bench_tool_node(runs: int) -> float:
+    """Section 2: one trivial tool call through ``ToolNode`` vs the tool itself; returns the overhead in ms."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    @tool
+    def add_numbers(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    # ToolNode needs a graph's runtime config: the smallest graph, START -> tools -> END.
+    builder = StateGraph(MessagesState)
+    builder.add_node("tools", ToolNode([add_numbers]))
+    builder.add_edge(START, "tools")
+    builder.add_edge("tools", END)
+    node = builder.compile()
+
+    def through_node(index: int) -> object:
+        call = {"name": "add_numbers", "args": {"a": index, "b": 1}, "id": f"call_{index}", "type": "tool_call"}
+        out = node.invoke({"messages": [AIMessage(content="", tool_calls=[call])]})
+        if out["messages"][-1].content != str(index + 1):
+            raise RuntimeError(f"ToolNode returned {out['messages'][-1].content!r}")
+        return out
+
+    direct = time_calls(lambda i: add_numbers.invoke({"a": i, "b": 1}), runs)
+    via_node = time_calls(through_node, runs)
+    direct_p50, _ = percentiles(direct)
+    node_p50, node_p95 = percentiles(via_node)
+    overhead = node_p50 - direct_p50
+    print(f"\n## LangGraph ToolNode overhead per tool call ({runs} calls each)")
+    print("| path | p50 ms | p95 ms |")
+    print("|---|---:|---:|")
+    print(f"| tool.invoke (direct) | {direct_p50:.3f} | {percentiles(direct)[1]:.3f} |")
+    print(f"| graph START -> ToolNode -> END, one tool call | {node_p50:.3f} | {node_p95:.3f} |")
+    print(f"ToolNode overhead per tool call: {overhead:.3f} ms (target <= 2 ms)")
+    return overhead
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the flags and run both sections; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100_000, help="records to store")
+    parser.add_argument("--runs", type=int, default=200, help="timed queries / tool calls per path")
+    parser.add_argument("--batch-size", type=int, default=2000, help="records per add_many call")
+    parser.add_argument("--smoke", action="store_true", help="100 records, 10 runs (CI)")
+    args = parser.parse_args(argv)
+    if args.count < 10 or args.runs < 1 or args.batch_size < 1:
+        parser.error("--count must be >= 10, --runs and --batch-size >= 1")
+    logging.basicConfig(level=logging.WARNING)
+    count, runs = (100, 10) if args.smoke else (args.count, args.runs)
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"load average {load}")
+    bench_memory(count, runs, min(args.batch_size, count))
+    bench_tool_node(runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
