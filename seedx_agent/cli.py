@@ -21,10 +21,10 @@ def _load_model(spec: str, *, variants: tuple[str, ...], allow_pickle: bool = Fa
     from seedx_agent.config import PRESETS
     from seedx_agent.model import SeedX
 
+    if spec == "mini":  # the bundled trained weights (the preset of the same name is random)
+        return SeedX.load("mini", variants=variants)
     if spec in PRESETS:
         return SeedX.from_preset(spec, variants=variants)
-    if spec == "mini":
-        return SeedX.load("mini", variants=variants)
     return SeedX.from_pretrained(spec, variants=variants, allow_pickle=allow_pickle)
 
 

@@ -22,6 +22,7 @@ def test_cli_demo_writes_pngs_and_report(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"describe", "vqa", "ground", "generate_image", "edit_image"} <= set(report)
+    assert report["model"] == "mini" and "note" not in report  # the bundled trained weights, not random ones
     for name in ("input.png", "generated.png", "edited.png"):
         assert (tmp_path / name).stat().st_size > 0
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,27 @@ def _required(record: dict[str, Any], key: str, where: str) -> Any:
     return record[key]
 
 
+def _built(
+    path: str | Path,
+    stats: ReaderStats | None,
+    build: Callable[[dict[str, Any], str], TrainingExample],
+    text_reason: str,
+) -> Iterator[TrainingExample]:
+    """Run ``build(record, where)`` per line, counting unreadable images and unusable texts as skips."""
+    stats = stats if stats is not None else ReaderStats()
+    for number, record in read_jsonl(path):
+        try:
+            example = build(record, f"{path}:{number}")
+        except InvalidImageError:
+            stats.skip("unreadable image")
+            continue
+        except InvalidPromptError:
+            stats.skip(text_reason)
+            continue
+        stats.used += 1
+        yield example
+
+
 def llava_examples(
     path: str | Path,
     image_root: str | Path,
@@ -116,26 +137,16 @@ def llava_examples(
 ) -> Iterator[TrainingExample]:
     """Comprehension examples; the image block goes before or after the first question with p = 1/2."""
     rng = random.Random(seed)
-    stats = stats if stats is not None else ReaderStats()
-    for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
+
+    def build(record: dict[str, Any], where: str) -> TrainingExample:
         turns = _required(record, "data", where)
         if not isinstance(turns, list) or not turns or len(turns) % 2 or not all(isinstance(t, str) for t in turns):
             raise ConfigError(f"{where}: 'data' must be a list of user/assistant strings of even length")
         image_first = rng.random() < 0.5
-        try:
-            images = [] if _no_image(record.get("image")) else [_open_image(Path(image_root), record["image"], where)]
-            example = comprehension_example(
-                tokenizer, config, turns, images, image_first=image_first, max_length=max_length
-            )
-        except InvalidImageError:
-            stats.skip("unreadable image")
-            continue
-        except InvalidPromptError:
-            stats.skip("too long or empty text")
-            continue
-        stats.used += 1
-        yield example
+        images = [] if _no_image(record.get("image")) else [_open_image(Path(image_root), record["image"], where)]
+        return comprehension_example(tokenizer, config, turns, images, image_first=image_first, max_length=max_length)
+
+    return _built(path, stats, build, "too long or empty text")
 
 
 def caption_examples(
@@ -149,21 +160,13 @@ def caption_examples(
     stats: ReaderStats | None = None,
 ) -> Iterator[TrainingExample]:
     """Text-to-image examples from caption pairs (the caption pipe in generation mode)."""
-    stats = stats if stats is not None else ReaderStats()
-    for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
+
+    def build(record: dict[str, Any], where: str) -> TrainingExample:
         caption = _required(record, "caption", where)
-        try:
-            image = _open_image(Path(image_root), _required(record, "image", where), where)
-            example = generation_example(tokenizer, config, caption, image, style=style, max_length=max_length)
-        except InvalidImageError:
-            stats.skip("unreadable image")
-            continue
-        except InvalidPromptError:
-            stats.skip("too long or empty caption")
-            continue
-        stats.used += 1
-        yield example
+        image = _open_image(Path(image_root), _required(record, "image", where), where)
+        return generation_example(tokenizer, config, caption, image, style=style, max_length=max_length)
+
+    return _built(path, stats, build, "too long or empty caption")
 
 
 def edit_examples(
@@ -178,25 +181,15 @@ def edit_examples(
 ) -> Iterator[TrainingExample]:
     """Edit triplets; ``instruction_new``/``response`` override the instruction and the drawn response."""
     rng = random.Random(seed)
-    stats = stats if stats is not None else ReaderStats()
-    for number, record in read_jsonl(path):
-        where = f"{path}:{number}"
+
+    def build(record: dict[str, Any], where: str) -> TrainingExample:
         instruction = record.get("instruction_new") or _required(record, "instruction", where)
         response = record.get("response") or rng.choice(POLITE_RESPONSES)
-        try:
-            source = _open_image(Path(image_root), _required(record, "source_image", where), where)
-            target = _open_image(Path(image_root), _required(record, "target_image", where), where)
-            example = edit_example(
-                tokenizer, config, source, instruction, target, response=response, max_length=max_length
-            )
-        except InvalidImageError:
-            stats.skip("unreadable image")
-            continue
-        except InvalidPromptError:
-            stats.skip("too long or empty instruction")
-            continue
-        stats.used += 1
-        yield example
+        source = _open_image(Path(image_root), _required(record, "source_image", where), where)
+        target = _open_image(Path(image_root), _required(record, "target_image", where), where)
+        return edit_example(tokenizer, config, source, instruction, target, response=response, max_length=max_length)
+
+    return _built(path, stats, build, "too long or empty instruction")
 
 
 def story_examples(

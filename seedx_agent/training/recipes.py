@@ -215,15 +215,29 @@ def detokenizer_stage1(
     progress: bool = True,
 ) -> LoopResult:
     """Reconstruction: the UNet learns to draw an image from its (pooled) ViT features."""
-    if detok.stage != 1:
-        raise ConfigError("detokenizer_stage1 trains a stage-1 de-tokenizer")
+    step_fn = _detok_step(detok, vision, lambda step: data.scenes(step, batch_size), uncond_prob=uncond_prob)
+    return _train_detokenizer(1, detok, vision, step_fn, out_dir, loop, progress)
+
+
+def _train_detokenizer(
+    stage: int,
+    detok: Detokenizer,
+    vision: QwenViT,
+    step_fn: Callable[[int], dict[str, torch.Tensor]],
+    out_dir: str | Path,
+    loop: LoopConfig,
+    progress: bool,
+) -> LoopResult:
+    """Shared by both stages: frozen ViT (and VAE), everything else of the de-tokenizer trains."""
+    if detok.stage != stage:
+        raise ConfigError(f"detokenizer_stage{stage} trains a stage-{stage} de-tokenizer, got stage {detok.stage}")
     frozen(vision)
     detok.requires_grad_(True)
     if detok.vae is not None:
         frozen(detok.vae)
-    step_fn = _detok_step(detok, vision, lambda step: data.scenes(step, batch_size), uncond_prob=uncond_prob)
     params = [p for p in detok.parameters() if p.requires_grad]
-    return run_loop("detokenizer-1", out_dir, {"detokenizer": detok}, params, step_fn, loop, progress=progress)
+    name = f"detokenizer-{stage}"
+    return run_loop(name, out_dir, {"detokenizer": detok}, params, step_fn, loop, progress=progress)
 
 
 def stage2_from_stage1(stage1: Detokenizer, config: SeedXConfig) -> Detokenizer:
@@ -251,12 +265,6 @@ def detokenizer_stage2(
     progress: bool = True,
 ) -> LoopResult:
     """Editing: the UNet draws the target from its features, with the source image on ``conv_in``."""
-    if detok.stage != 2:
-        raise ConfigError("detokenizer_stage2 trains a stage-2 de-tokenizer")
-    frozen(vision)
-    detok.requires_grad_(True)
-    if detok.vae is not None:
-        frozen(detok.vae)
     step_fn = _detok_step(
         detok,
         vision,
@@ -264,8 +272,7 @@ def detokenizer_stage2(
         uncond_prob=uncond_prob,
         condition_drop_prob=condition_drop_prob,
     )
-    params = [p for p in detok.parameters() if p.requires_grad]
-    return run_loop("detokenizer-2", out_dir, {"detokenizer": detok}, params, step_fn, loop, progress=progress)
+    return _train_detokenizer(2, detok, vision, step_fn, out_dir, loop, progress)
 
 
 # ---------------------------------------------------------------------------------------------
