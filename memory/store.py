@@ -614,8 +614,7 @@ class ImageMemory:
         return [hit for hit in hits if hit.record.id != exclude][:k]
 
     def _query(self, collection: Collection, query_vector: np.ndarray, *, k: int, where: dict | None) -> list[ImageHit]:
-        if collection.count() == 0:
-            return []
+        # No count() first: it scans the collection (linear in its size) and an empty query already returns [].
         result = collection.query(
             query_embeddings=query_vector, n_results=k, where=where, include=["metadatas", "distances"]
         )
