@@ -40,8 +40,13 @@ def main() -> None:
         for index, version in enumerate(final["versions"]):
             memory.load(version["image_id"]).save(out / f"{index:02d}_{version['operation']}.png")
         lineage = [record.id for record in memory.lineage(final["image_id"])]
-        report = {"request": args.prompt, "verified": final["verified"], "rounds": final["round"], "lineage": lineage,
-                  "verdicts": final["verdicts"]}
+        report = {
+            "request": args.prompt,
+            "verified": final["verified"],
+            "rounds": final["round"],
+            "lineage": lineage,
+            "verdicts": final["verdicts"],
+        }
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"verified={final['verified']} after {final['round']} edit(s); {len(lineage)} version(s) in {out}")
 

@@ -11,20 +11,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from seedx_agent.graphs.runtime import load_engine, open_memory
 from seedx_agent.graphs.slides import create_slides_graph
-from seedx_agent.graphs.story import load_engine
-from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import memory_image_embedder
-
-from seedx_agent.model import bundled_mini_path
-
-
-def default_model() -> str:
-    try:
-        bundled_mini_path()
-    except Exception:
-        return "tiny-random"
-    return "mini"
 
 
 def main() -> None:
@@ -32,14 +20,14 @@ def main() -> None:
     parser.add_argument("--topic", default="red circles and blue squares")
     parser.add_argument("--slides", type=int, default=4)
     parser.add_argument("--max-refine", type=int, default=2)
-    parser.add_argument("--model", default=default_model())
+    parser.add_argument("--model", default="mini", help="mini (falls back to tiny-random), a preset or a folder")
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-slides-"))
 
     engine = load_engine(args.model)
-    with ImageMemory.open(out / "memory", image_embedder=memory_image_embedder(engine)) as memory:
+    with open_memory(out / "memory", engine) as memory:
         graph = create_slides_graph(
             engine,
             memory,

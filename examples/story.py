@@ -12,19 +12,8 @@ import tempfile
 from pathlib import Path
 
 from langgraph.checkpoint.memory import InMemorySaver
-from seedx_agent.graphs.story import create_story_graph, load_engine
-from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import memory_image_embedder
-
-from seedx_agent.model import bundled_mini_path
-
-
-def default_model() -> str:
-    try:
-        bundled_mini_path()
-    except Exception:
-        return "tiny-random"
-    return "mini"
+from seedx_agent.graphs.runtime import load_engine, open_memory
+from seedx_agent.graphs.story import create_story_graph
 
 
 def main() -> None:
@@ -32,14 +21,14 @@ def main() -> None:
     parser.add_argument("--premise", default="a small red circle at the top left")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default=default_model())
+    parser.add_argument("--model", default="mini", help="mini (falls back to tiny-random), a preset or a folder")
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-story-"))
 
     engine = load_engine(args.model)
-    with ImageMemory.open(out / "memory", image_embedder=memory_image_embedder(engine)) as memory:
+    with open_memory(out / "memory", engine) as memory:
         graph = create_story_graph(
             engine,
             memory,

@@ -54,18 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Path]:
-    from seedx_agent.memory import ImageMemory
-    from seedx_agent.tools import memory_image_embedder
-
-    from .story import load_engine
+    from .runtime import load_engine, open_memory
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     engine = load_engine(args.model)
-    memory = ImageMemory.open(
-        Path(args.memory) if args.memory else out / "memory", image_embedder=memory_image_embedder(engine)
-    )
-    return engine, memory, out
+    return engine, open_memory(Path(args.memory) if args.memory else out / "memory", engine), out
 
 
 def cmd_story(args: argparse.Namespace) -> int:

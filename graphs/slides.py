@@ -34,7 +34,8 @@ from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError, DependencyMissingError, InvalidPromptError
 from seedx_agent.miniature import world
 
-from .story import engine_and_memory_from_env, initial_scene, scene_from_dict, scene_to_dict
+from .runtime import engine_and_memory_from_env
+from .story import initial_scene, scene_from_dict, scene_to_dict
 
 __all__ = [
     "LAYOUTS",

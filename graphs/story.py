@@ -22,7 +22,6 @@ import os
 import random
 import re
 import secrets
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
@@ -32,21 +31,17 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from seedx_agent.memory import ImageMemory, ImageRecord
-from seedx_agent.tools import memory_image_embedder
 
 from seedx_agent.engine import SeedXEngine
-from seedx_agent.errors import CheckpointError, ConfigError, InvalidPromptError
+from seedx_agent.errors import ConfigError, InvalidPromptError
 from seedx_agent.miniature import world
-from seedx_agent.model import SeedX
 
 __all__ = [
     "MAX_STORY_STEPS",
     "RECENT_WINDOW",
     "StoryState",
     "create_story_graph",
-    "engine_and_memory_from_env",
     "initial_scene",
-    "load_engine",
     "make_story_graph",
     "plan_beat",
     "scene_from_dict",
@@ -391,29 +386,10 @@ def _write_storyboard(out: Path, state: StoryState) -> Path:
 # ---------------------------------------------------------------------------------------------- langgraph.json
 
 
-def load_engine(spec: str | Path = "mini") -> SeedXEngine:
-    """An engine for ``SeedX.load(spec)``; while the miniature ("mini") is not bundled, "tiny-random" (random
-    weights) with a ``RuntimeWarning`` instead, so demos and servers still start."""
-    try:
-        model = SeedX.load(spec)
-    except CheckpointError as error:
-        if spec != "mini":
-            raise
-        warnings.warn(f"{error}; falling back to 'tiny-random' (random weights)", RuntimeWarning, stacklevel=2)
-        model = SeedX.load("tiny-random")
-    return SeedXEngine(model)
-
-
-def engine_and_memory_from_env() -> tuple[SeedXEngine, ImageMemory]:
-    """Engine from ``SEEDX_MODEL`` (default "mini", see ``load_engine``) and memory from ``SEEDX_MEMORY_DIR``
-    (default ``./seedx-memory``)."""
-    engine = load_engine(os.environ.get("SEEDX_MODEL", "mini"))
-    root = Path(os.environ.get("SEEDX_MEMORY_DIR", "seedx-memory"))
-    return engine, ImageMemory.open(root, image_embedder=memory_image_embedder(engine))
-
-
 def make_story_graph() -> CompiledStateGraph:
     """Zero-argument factory for ``langgraph.json``: settings from the environment (see
-    ``engine_and_memory_from_env``), pictures into ``SEEDX_STORY_OUT`` (default ``outputs/story``)."""
+    ``runtime.engine_and_memory_from_env``), pictures into ``SEEDX_STORY_OUT`` (default ``outputs/story``)."""
+    from .runtime import engine_and_memory_from_env
+
     engine, memory = engine_and_memory_from_env()
     return create_story_graph(engine, memory, out_dir=os.environ.get("SEEDX_STORY_OUT", "outputs/story"))

@@ -430,6 +430,18 @@ class SeedX:
             **kwargs,
         )
 
+    def _image_features(
+        self, lvlm: SeedXLVLM, prompt: prompts.Prompt, crops: Sequence[AnyResCrops], options: GenerationOptions
+    ) -> tuple[DecodeOutput, torch.Tensor, float]:
+        """The LLM stage of an image answer: decode with a required image block, regress its features
+        (n, tokens, vit_dim); also returns the decode output and the seconds it took."""
+        start = time.perf_counter()
+        out = self._run_llm(lvlm, prompt, crops, options.model_copy(update={"require_image": True}))
+        seconds = time.perf_counter() - start
+        if not out.image_hidden_states:
+            raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
+        return out, lvlm.regress_images(torch.stack(out.image_hidden_states)), seconds
+
     def _image_answer(
         self,
         lvlm: SeedXLVLM,
@@ -442,13 +454,8 @@ class SeedX:
         **render: Any,
     ) -> GeneratedImage:
         """Decode with a required image block, regress its features and render the first image."""
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        out = self._run_llm(lvlm, prompt, crops, options.model_copy(update={"require_image": True}))
-        timings["llm_s"] = time.perf_counter() - start
-        if not out.image_hidden_states:
-            raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
-        features = lvlm.regress_images(torch.stack(out.image_hidden_states))  # (n, tokens, vit_dim)
+        out, features, llm_seconds = self._image_features(lvlm, prompt, crops, options)
+        timings: dict[str, float] = {"llm_s": llm_seconds}
         start = time.perf_counter()
         pictures = self._render(stage, features[:1], seed=seed, **render)
         timings["detokenizer_s"] = time.perf_counter() - start
@@ -520,16 +527,17 @@ class SeedX:
             )
         name, lvlm = self._lvlm(variant, purpose="generate_images", prefer=("seed-x-i", "seed-x"))
         opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
-        opts = opts.model_copy(update={"require_image": True})
         outputs, features, llm_seconds = [], [], []
         for text in prompts:
-            start = time.perf_counter()
-            out = self._run_llm(lvlm, templates.generation_prompt(name, text), [], opts)  # type: ignore[arg-type]
-            llm_seconds.append(time.perf_counter() - start)
-            if not out.image_hidden_states:
-                raise CapabilityMissingError("the model produced no image block; raise max_new_tokens")
+            out, regressed, seconds = self._image_features(
+                lvlm,
+                templates.generation_prompt(name, text),  # type: ignore[arg-type]
+                [],
+                opts,
+            )
             outputs.append(out)
-            features.append(lvlm.regress_images(torch.stack(out.image_hidden_states)))  # (n, tokens, vit_dim)
+            features.append(regressed)  # (n, tokens, vit_dim)
+            llm_seconds.append(seconds)
         start = time.perf_counter()
         pictures = self._render(
             stage_for_variant(name),

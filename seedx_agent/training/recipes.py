@@ -396,6 +396,8 @@ class MiniSchedule:
 
 
 MINI_STAGES = ("vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft")
+# The SFT adapter of the miniature: training wraps the LLM with it, assembly must rebuild the same wrapper.
+MINI_LORA = LoraSettings(r=32, alpha=32)
 
 
 def _load_module(module: nn.Module, folder: Path, name: str) -> None:
@@ -442,6 +444,11 @@ def run_mini(
     def loop(steps: int, lr: float, warmup: int) -> LoopConfig:
         return LoopConfig(steps=steps, lr=lr, warmup_steps=warmup, seed=schedule.seed, max_minutes=remaining())
 
+    def record(stage: str, result: LoopResult, **extra: object) -> bool:
+        """Note a stage's outcome in the report; False when it stopped early (time budget)."""
+        report["stages"][stage] = {"step": result.step, "finished": result.finished, **extra, **result.losses}
+        return result.finished
+
     def done(stage: str, steps: int) -> bool:
         from seedx_agent.training.loop import checkpoint_step
 
@@ -457,8 +464,7 @@ def run_mini(
             batch_size=schedule.vit_batch,
             progress=progress,
         )
-        report["stages"]["vit"] = {"step": result.step, "finished": result.finished, "heldout_accuracy": accuracy}
-        if not result.finished:
+        if not record("vit", result, heldout_accuracy=accuracy):
             return report
     elif done("vit", schedule.vit_steps):
         _load_module(parts.vision, out / "vit", "vision")
@@ -478,8 +484,7 @@ def run_mini(
             batch_size=schedule.detok_batch,
             progress=progress,
         )
-        report["stages"]["detokenizer-1"] = {"step": result.step, "finished": result.finished, **result.losses}
-        if not result.finished:
+        if not record("detokenizer-1", result):
             return report
     detok2 = None
     if "detokenizer-2" in stages or done("detokenizer-2", schedule.detok2_steps):
@@ -497,8 +502,7 @@ def run_mini(
             batch_size=schedule.detok_batch,
             progress=progress,
         )
-        report["stages"]["detokenizer-2"] = {"step": result.step, "finished": result.finished, **result.losses}
-        if not result.finished:
+        if not record("detokenizer-2", result):
             return report
 
     # 3-4. LLM
@@ -514,8 +518,7 @@ def run_mini(
             pad_token_id=pad,
             progress=progress,
         )
-        report["stages"]["lvlm-pretrain"] = {"step": result.step, "finished": result.finished, **result.losses}
-        if not result.finished:
+        if not record("lvlm-pretrain", result):
             return report
     if "lvlm-sft" in stages:
         if not done("lvlm-pretrain", schedule.pretrain_steps):
@@ -527,12 +530,11 @@ def run_mini(
             lambda step: data.lvlm_examples(step, schedule.lvlm_batch, style="seed-x-i"),
             out / "lvlm-sft",
             loop(schedule.sft_steps, 5e-4, 50),
-            lora=LoraSettings(r=32, alpha=32),
+            lora=MINI_LORA,
             pad_token_id=pad,
             progress=progress,
         )
-        report["stages"]["lvlm-sft"] = {"step": result.step, "finished": result.finished, **result.losses}
-        if not result.finished:
+        if not record("lvlm-sft", result):
             return report
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
@@ -572,7 +574,7 @@ def assemble_mini(
     _load_module(detok2, out / "detokenizer-2", "detokenizer")
     parts.detokenizers[2] = detok2
     lvlm = parts.lvlms["seed-x-i"]
-    apply_lora(lvlm, LoraSettings(r=32, alpha=32))
+    apply_lora(lvlm, MINI_LORA)
     _load_module(lvlm, out / "lvlm-sft", "lvlm")
     merge_lora(lvlm)
     parts.lvlms["seed-x-edit"] = lvlm

@@ -8,9 +8,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
-from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tokens import BOI
 from seedx_agent.training.data import (
     POLITE_RESPONSES,
@@ -21,16 +19,6 @@ from seedx_agent.training.data import (
     story_examples,
 )
 from seedx_agent.training.examples import IGNORE_INDEX
-
-
-@pytest.fixture(scope="module")
-def tok() -> SeedXTokenizer:
-    return SeedXTokenizer.tiny()
-
-
-@pytest.fixture(scope="module")
-def config() -> SeedXConfig:
-    return SeedXConfig.from_preset("tiny-random")
 
 
 @pytest.fixture

@@ -19,16 +19,6 @@ from seedx_agent.training.examples import (
 )
 
 
-@pytest.fixture(scope="module")
-def tok() -> SeedXTokenizer:
-    return SeedXTokenizer.tiny()
-
-
-@pytest.fixture(scope="module")
-def config() -> SeedXConfig:
-    return SeedXConfig.from_preset("tiny-random")
-
-
 def square(colour: str = "red", size: tuple[int, int] = (56, 56)) -> PIL.Image.Image:
     return PIL.Image.new("RGB", size, colour)
 
