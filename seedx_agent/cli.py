@@ -124,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     schedule = MiniSchedule()
     if args.scale != 1.0:
         schedule = schedule.scaled(args.scale)
+    if args.stage_steps:
+        schedule = schedule.with_steps(_stage_steps(args.stage_steps))
     stages = tuple(args.stages) if args.stages else MINI_STAGES
     start = time.perf_counter()
     report = run_mini(
@@ -141,6 +143,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"stopped after {_since(start)} s; run the same command again to resume")
     return 0
+
+
+def _stage_steps(items: list[str]) -> dict[str, int]:
+    """``["lvlm-sft=1000", ...]`` -> ``{"lvlm-sft": 1000}``, with a usage error on malformed items."""
+    steps: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise SystemExit(f"--stage-steps takes STAGE=STEPS items (e.g. lvlm-sft=1000), got {item!r}")
+        steps[name.strip()] = int(value)
+    return steps
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -226,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long; rerun to resume")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (smoke runs)")
+    train.add_argument(
+        "--stage-steps",
+        nargs="*",
+        default=[],
+        metavar="STAGE=STEPS",
+        help="override stages' total steps (after --scale); a finished stage resumes and continues",
+    )
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
 

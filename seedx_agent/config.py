@@ -446,6 +446,25 @@ def _tiny_random() -> SeedXConfig:
     )
 
 
+# Pixel-space noise schedule of the miniature (a documented deviation from SDXL's, which real models keep).
+# SDXL's scaled-linear betas were tuned for VAE latents: on 32x32 pixels in [-1, 1] its noisiest sampled
+# step (t=961 with "leading" spacing) still keeps 8.5% of the image, so flat colours and positions stay
+# readable from x_t and the UNet learns to copy them instead of reading its conditioning; sampling from pure
+# noise then draws arbitrary colours and places. DDPM's linear betas keep 0.6% at t=999 and "trailing"
+# spacing starts sampling there. At that noise level epsilon-prediction must be accurate to ~1e-3 (its error
+# is multiplied by sigma=157 in the x0 estimate; our eps-trained run left coloured noise), so the miniature
+# predicts v, which at t=999 is about -x0: the network has to draw the image from its conditioning.
+MINI_PIXEL_SCHEDULE: dict[str, Any] = {
+    **SDXL_EULER,
+    "beta_schedule": "linear",
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "timestep_spacing": "trailing",
+    "steps_offset": 0,
+    "prediction_type": "v_prediction",
+}
+
+
 def _mini_detokenizer(stage: int) -> DetokenizerConfig:
     """Pixel-space (no VAE) 32x32 de-tokenizer with cross-attention at 16x16 and 8x8 (FIELD-NOTES)."""
     perceiver = PerceiverConfig(
@@ -480,6 +499,7 @@ def _mini_detokenizer(stage: int) -> DetokenizerConfig:
         perceiver=perceiver,
         unet=unet,
         vae=None,
+        scheduler=dict(MINI_PIXEL_SCHEDULE),
         image_size=32,
         num_inference_steps=25,
         guidance_scale=3.0,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -391,8 +391,29 @@ class MiniSchedule:
 
     def scaled(self, factor: float) -> MiniSchedule:
         """Every stage's steps times ``factor`` (at least 1): for smoke runs and tests."""
-        fields = ("vit_steps", "detok1_steps", "detok2_steps", "pretrain_steps", "sft_steps")
+        fields = STAGE_STEP_FIELDS.values()
         return replace(self, **{f: max(1, round(getattr(self, f) * factor)) for f in fields})
+
+    def with_steps(self, steps: Mapping[str, int]) -> MiniSchedule:
+        """This schedule with some stages' total steps replaced, e.g. ``{"lvlm-sft": 1000}``; a finished
+        stage given more steps resumes from its checkpoint and continues on the longer schedule."""
+        unknown = [name for name in steps if name not in STAGE_STEP_FIELDS]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; choose from {list(STAGE_STEP_FIELDS)}")
+        bad = {name: n for name, n in steps.items() if isinstance(n, bool) or not isinstance(n, int) or n < 1}
+        if bad:
+            raise ConfigError(f"stage steps must be positive integers, got {bad}")
+        return replace(self, **{STAGE_STEP_FIELDS[name]: n for name, n in steps.items()})
+
+
+# Stage name -> its MiniSchedule field of total steps.
+STAGE_STEP_FIELDS: dict[str, str] = {
+    "vit": "vit_steps",
+    "detokenizer-1": "detok1_steps",
+    "detokenizer-2": "detok2_steps",
+    "lvlm-pretrain": "pretrain_steps",
+    "lvlm-sft": "sft_steps",
+}
 
 
 MINI_STAGES = ("vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft")

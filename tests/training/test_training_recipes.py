@@ -170,6 +170,9 @@ def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
         run, schedule=schedule, stages=("lvlm-pretrain",), progress=False, config=config
     )  # finished: no work
     assert again["stages"]["lvlm-pretrain"]["step"] == 2
+    longer = schedule.with_steps({"lvlm-pretrain": 3})  # a finished stage continues on a longer schedule
+    more = run_mini(run, schedule=longer, stages=("lvlm-pretrain",), progress=False, config=config)
+    assert more["stages"]["lvlm-pretrain"]["step"] == 3 and more["stages"]["lvlm-pretrain"]["finished"]
 
     folder = assemble_mini(run, tmp_path / "model", schedule=schedule, config=config)
     model = SeedX.from_pretrained(folder)
@@ -180,3 +183,21 @@ def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
     assert model.generate_image("a red circle at the top", seed=0, num_inference_steps=2).image.size == (32, 32)
     with pytest.raises(ConfigError, match="not finished"):
         assemble_mini(tmp_path / "empty", tmp_path / "model2", schedule=schedule, config=config)
+
+
+def test_schedule_stage_steps_override_and_errors() -> None:
+    schedule = MiniSchedule().with_steps({"detokenizer-1": 1200, "lvlm-sft": 7})
+    assert (schedule.detok1_steps, schedule.sft_steps, schedule.vit_steps) == (1200, 7, MiniSchedule().vit_steps)
+    with pytest.raises(ConfigError, match="unknown stage"):
+        MiniSchedule().with_steps({"detokenizer-3": 5})
+    with pytest.raises(ConfigError, match="positive integers"):
+        MiniSchedule().with_steps({"vit": 0})
+
+
+def test_cli_stage_steps_parsing() -> None:
+    from seedx_agent.cli import _stage_steps
+
+    assert _stage_steps(["lvlm-sft=1000", " vit = 3"]) == {"lvlm-sft": 1000, "vit": 3}
+    for bad in (["lvlm-sft"], ["lvlm-sft=ten"], ["vit=-1"]):
+        with pytest.raises(SystemExit, match="STAGE=STEPS"):
+            _stage_steps(bad)
