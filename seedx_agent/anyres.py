@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,6 +31,7 @@ __all__ = [
     "crop_image",
     "parse_grids",
     "preprocess",
+    "preprocess_batch",
     "select_grid",
     "select_grid_aspect",
     "select_grid_max_resolution",
@@ -190,8 +194,52 @@ def vit_transform(image: PIL.Image.Image, config: VisionConfig) -> torch.Tensor:
     return _normalise(_resized_pixels(rgb, config.image_size)[None], config)[0]
 
 
-def preprocess(image: PIL.Image.Image, config: VisionConfig, grids: Sequence[str]) -> AnyResCrops:
-    """Any-res the image and normalise every crop for the ViT (reference §3 + §2)."""
+# Below this many source pixels a resize takes well under a millisecond and a thread hand-off costs more.
+_THREAD_MIN_PIXELS = 256 * 256
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _worth_a_thread(size: Size) -> bool:
+    return size[0] * size[1] >= _THREAD_MIN_PIXELS and (os.cpu_count() or 1) > 1
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One process-wide pool for preprocessing (threads, not processes: PIL resizes release the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="seedx-anyres")
+        return _POOL
+
+
+def preprocess_batch(
+    images: Sequence[PIL.Image.Image], config: VisionConfig, grids: Sequence[str]
+) -> list[AnyResCrops]:
+    """``preprocess`` of several images at once, spread over the CPU cores; results equal (tensor for
+    tensor) the one-by-one calls and keep the input order."""
+    images = list(images)
+    for index, image in enumerate(images):
+        if not isinstance(image, PIL.Image.Image):
+            raise InvalidImageError(
+                f"preprocess_batch expects PIL images, got {type(image).__name__} at index {index}; "
+                "read it with seedx_agent.images.load_image"
+            )
+    if len(images) < 2 or (os.cpu_count() or 1) < 2 or not any(_worth_a_thread(im.size) for im in images):
+        return [preprocess(image, config, grids) for image in images]
+    # Workers never wait on the pool themselves (parallel=False), so a saturated pool cannot deadlock.
+    jobs = [_pool().submit(preprocess, image, config, grids, parallel=False) for image in images[1:]]
+    first = preprocess(images[0], config, grids, parallel=False)
+    return [first, *(job.result() for job in jobs)]
+
+
+def preprocess(
+    image: PIL.Image.Image, config: VisionConfig, grids: Sequence[str], *, parallel: bool = True
+) -> AnyResCrops:
+    """Any-res the image and normalise every crop for the ViT (reference §3 + §2).
+
+    ``parallel`` lets a large image's thumbnail resize run on a pool thread beside the grid resize.
+    """
     if not isinstance(image, PIL.Image.Image):
         raise InvalidImageError(
             f"preprocess expects a PIL image, got {type(image).__name__}; read it with seedx_agent.images.load_image"
@@ -201,9 +249,19 @@ def preprocess(image: PIL.Image.Image, config: VisionConfig, grids: Sequence[str
     side = config.image_size
     grid_w, grid_h = select_grid(rgb.size, parse_grids(grids, side))
     cols, rows = grid_w // side, grid_h // side
+    # The thumbnail is the same PIL call as the grid resize when the grid is 1x1: reuse it. Otherwise the two
+    # bicubic resizes (nearly all of the time) are independent and PIL releases the GIL while resampling,
+    # so a large image's thumbnail is drawn on a pool thread while this thread draws the grid.
+    thumbnail_job: Future[PIL.Image.Image] | None = None
+    if (cols, rows) != (1, 1) and parallel and _worth_a_thread(rgb.size):
+        thumbnail_job = _pool().submit(rgb.resize, (side, side), Image.Resampling.BICUBIC)
     resized = rgb.resize((grid_w, grid_h), Image.Resampling.BICUBIC)
-    # The thumbnail is the same PIL call as the grid resize when the grid is 1x1: reuse it.
-    thumbnail = resized if (cols, rows) == (1, 1) else rgb.resize((side, side), Image.Resampling.BICUBIC)
+    if (cols, rows) == (1, 1):
+        thumbnail = resized
+    elif thumbnail_job is not None:
+        thumbnail = thumbnail_job.result()
+    else:
+        thumbnail = rgb.resize((side, side), Image.Resampling.BICUBIC)
     # Tiles sit on whole pixels of the resized image, so slicing its array equals PIL's crop; each tile is
     # already S x S, where torchvision's Resize((S, S)) is a no-op copy.
     grid_pixels = np.asarray(resized)  # (rows*S, cols*S, 3) uint8

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from seedx_agent import prompts
-from seedx_agent.anyres import AnyResCrops, preprocess
+from seedx_agent.anyres import AnyResCrops, preprocess, preprocess_batch
 from seedx_agent.components import SeedXComponents, build_components, stage_for_variant
 from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig
 from seedx_agent.decoding import DecodeOutput, GenerationOptions, decode
@@ -233,7 +233,7 @@ class SeedX:
         self, images: Sequence[ImageInput], grids: Sequence[str]
     ) -> tuple[list[PIL.Image.Image], list[AnyResCrops]]:
         pil = [load_image(image) for image in images]
-        return pil, [preprocess(image, self.config.vision, grids) for image in pil]
+        return pil, preprocess_batch(pil, self.config.vision, grids)
 
     @torch.no_grad()
     def encode_crops(self, pixel_values: torch.Tensor) -> torch.Tensor:

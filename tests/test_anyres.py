@@ -14,6 +14,7 @@ from seedx_agent.anyres import (
     crop_image,
     parse_grids,
     preprocess,
+    preprocess_batch,
     select_grid,
     select_grid_aspect,
     select_grid_max_resolution,
@@ -240,3 +241,25 @@ def test_preprocess_converts_modes_without_reorienting() -> None:
 def test_preprocess_rejects_non_images() -> None:
     with pytest.raises(InvalidImageError, match="load_image"):
         preprocess(np.zeros((4, 4, 3), dtype=np.uint8), TINY, OFFICIAL_GRIDS)  # type: ignore[arg-type]
+
+
+def test_preprocess_batch_equals_one_by_one_and_keeps_order() -> None:
+    """The threaded batch path (and the threaded thumbnail of large images) gives the serial tensors."""
+    images = [
+        _image(w, h, seed=i) for i, (w, h) in enumerate([(1000, 600), (300, 900), (448, 448), (1600, 400), (20, 30)])
+    ]
+    batch = preprocess_batch(images, OFFICIAL, OFFICIAL_GRIDS)
+    assert len(batch) == len(images)
+    for image, got in zip(images, batch):
+        serial = preprocess(image, OFFICIAL, OFFICIAL_GRIDS, parallel=False)
+        assert torch.equal(got.pixel_values, serial.pixel_values)
+        assert torch.equal(got.patch_positions, serial.patch_positions)
+        assert (got.grid, got.image_size, got.content_hash) == (serial.grid, serial.image_size, serial.content_hash)
+        threaded = preprocess(image, OFFICIAL, OFFICIAL_GRIDS)  # thumbnail on a pool thread when large
+        assert torch.equal(threaded.pixel_values, serial.pixel_values)
+    assert preprocess_batch([], OFFICIAL, OFFICIAL_GRIDS) == []
+
+
+def test_preprocess_batch_rejects_non_images_by_index() -> None:
+    with pytest.raises(InvalidImageError, match="index 1"):
+        preprocess_batch([_image(8, 8), "photo.jpg"], TINY, OFFICIAL_GRIDS)  # type: ignore[list-item]
