@@ -5,7 +5,9 @@ distinct 8x8 images, captions from a small vocabulary, and an image embedder tha
 random unit vectors (512-d, like the ViT features the tools layer stores), so filling measures storage,
 not a model. Then it times ``search_image`` (by stored id) and ``search_text`` and reports p50/p95.
 Section 2 times a one-node graph (``START -> ToolNode -> END``) running one call of a trivial tool against
-calling that tool directly (``tool.invoke``).
+calling that tool directly (``tool.invoke``): LangGraph's cost per ``invoke``. Section 3 times an agent
+loop (planner -> ToolNode -> planner, ten calls per ``invoke``) against the same planner and calls in plain
+Python: LangGraph's marginal cost per tool call once a turn is running.
 
 Run from the repository root: ``python -m benchmarks.bench_memory --count 100000``.
 """
@@ -141,6 +143,62 @@ def bench_tool_node(runs: int) -> float:
     return overhead
 
 
+def bench_agent_loop(runs: int, calls_per_turn: int = 10) -> float:
+    """Section 3: the marginal cost of one tool call inside a running agent loop (planner node -> ToolNode ->
+    planner, ``calls_per_turn`` times per invoke) against the same planner and tool calls run as plain Python;
+    returns the overhead per tool call in ms (the per-invoke setup of section 2 is paid once per turn)."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    @tool
+    def add_numbers(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    def plan(messages: list) -> AIMessage:
+        """A scripted planner: one tool call per step until ``calls_per_turn`` results are in, then answer."""
+        done = sum(1 for m in messages if m.type == "tool")
+        if done >= calls_per_turn:
+            return AIMessage(content=f"done after {done} calls")
+        call = {"name": "add_numbers", "args": {"a": done, "b": 1}, "id": f"call_{done}", "type": "tool_call"}
+        return AIMessage(content="", tool_calls=[call])
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("planner", lambda state: {"messages": [plan(state["messages"])]})
+    builder.add_node("tools", ToolNode([add_numbers]))
+    builder.add_edge(START, "planner")
+    builder.add_conditional_edges("planner", lambda state: "tools" if state["messages"][-1].tool_calls else END)
+    builder.add_edge("tools", "planner")
+    graph = builder.compile()
+
+    def through_graph(index: int) -> object:
+        out = graph.invoke({"messages": [("user", "go")]}, {"recursion_limit": 4 * calls_per_turn + 4})
+        if len([m for m in out["messages"] if m.type == "tool"]) != calls_per_turn:
+            raise RuntimeError("the agent loop did not make every tool call")
+        return out
+
+    def plain(index: int) -> object:
+        messages: list = []
+        while (message := plan(messages)).tool_calls:
+            messages.append(message)
+            for call in message.tool_calls:
+                messages.append(add_numbers.invoke(call))  # a ToolMessage, as ToolNode returns
+        return messages
+
+    graph_p50, _ = percentiles(time_calls(through_graph, max(10, runs // calls_per_turn)))
+    plain_p50, _ = percentiles(time_calls(plain, max(10, runs // calls_per_turn)))
+    overhead = (graph_p50 - plain_p50) / calls_per_turn
+    print(f"\n## LangGraph overhead per tool call inside an agent loop ({calls_per_turn} calls per invoke)")
+    print("| path | p50 ms per turn |")
+    print("|---|---:|")
+    print(f"| plain Python: planner + tool.invoke, {calls_per_turn} calls | {plain_p50:.3f} |")
+    print(f"| graph planner -> ToolNode -> planner, {calls_per_turn} calls | {graph_p50:.3f} |")
+    print(f"overhead per tool call in the loop: {overhead:.3f} ms (target <= 2 ms)")
+    return overhead
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags and run both sections; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -157,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load average {load}")
     bench_memory(count, runs, min(args.batch_size, count))
     bench_tool_node(runs)
+    bench_agent_loop(runs)
     return 0
 
 

@@ -377,14 +377,15 @@ def lvlm_sft(
 
 @dataclass(frozen=True)
 class MiniSchedule:
-    """Steps per stage of the miniature run (the defaults are what the bundled weights used)."""
+    """Steps per stage of the miniature run (the defaults are the bundled weights' totals; see
+    ``scripts/train_mini.sh`` for the phases the LLM stages ran in)."""
 
     vit_steps: int = 900
     vit_batch: int = 32
-    detok1_steps: int = 900
-    detok2_steps: int = 300
-    pretrain_steps: int = 1400
-    sft_steps: int = 700
+    detok1_steps: int = 1200
+    detok2_steps: int = 400
+    pretrain_steps: int = 2800
+    sft_steps: int = 2000
     detok_batch: int = 16
     lvlm_batch: int = 16
     seed: int = 0
