@@ -74,8 +74,10 @@ def three_way_guidance(
 def make_scheduler(name: str, scheduler_config: dict[str, Any]) -> Any:
     """A fresh sampling scheduler: ``euler`` (the official one) or ``dpm`` (DPM-Solver++ 2M, fewer steps).
 
-    Both use the betas of ``scheduler_config`` (the SDXL-base scheduler config). Schedulers keep
-    per-run state, so every generation builds its own.
+    Both use the betas of ``scheduler_config`` (the SDXL-base scheduler config). ``dpm`` places its steps
+    uniformly in log-SNR (``use_lu_lambdas``), which on the miniature kept Euler-50's reconstruction score
+    at 12 steps where the config's timestep spacing lost half of it (benchmarks/RESULTS.md, round 3).
+    Schedulers keep per-run state, so every generation builds its own.
     """
     from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
@@ -83,7 +85,7 @@ def make_scheduler(name: str, scheduler_config: dict[str, Any]) -> Any:
         return EulerDiscreteScheduler.from_config(scheduler_config)
     if name == "dpm":
         return DPMSolverMultistepScheduler.from_config(
-            scheduler_config, algorithm_type="dpmsolver++", solver_order=2
+            scheduler_config, algorithm_type="dpmsolver++", solver_order=2, use_lu_lambdas=True
         )
     raise ConfigError(f"unknown scheduler {name!r}; choose one of {list(SCHEDULERS)}")
 
