@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -103,18 +104,25 @@ def bench_memory(count: int, runs: int, batch_size: int) -> float:
     return worst
 
 
-def bench_tool_node(runs: int) -> float:
-    """Section 2: one trivial tool call through ``ToolNode`` vs the tool itself; returns the overhead in ms."""
-    from langchain_core.messages import AIMessage
+def _add_numbers_tool() -> Any:
+    """The trivial tool both LangGraph sections call, so only LangGraph's own cost differs between paths."""
     from langchain_core.tools import tool
-    from langgraph.graph import END, START, MessagesState, StateGraph
-    from langgraph.prebuilt import ToolNode
 
     @tool
     def add_numbers(a: int, b: int) -> int:
         """Add two integers."""
         return a + b
 
+    return add_numbers
+
+
+def bench_tool_node(runs: int) -> float:
+    """Section 2: one trivial tool call through ``ToolNode`` vs the tool itself; returns the overhead in ms."""
+    from langchain_core.messages import AIMessage
+    from langgraph.graph import END, START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode
+
+    add_numbers = _add_numbers_tool()
     # ToolNode needs a graph's runtime config: the smallest graph, START -> tools -> END.
     builder = StateGraph(MessagesState)
     builder.add_node("tools", ToolNode([add_numbers]))
@@ -148,14 +156,10 @@ def bench_agent_loop(runs: int, calls_per_turn: int = 10) -> float:
     planner, ``calls_per_turn`` times per invoke) against the same planner and tool calls run as plain Python;
     returns the overhead per tool call in ms (the per-invoke setup of section 2 is paid once per turn)."""
     from langchain_core.messages import AIMessage
-    from langchain_core.tools import tool
     from langgraph.graph import END, START, MessagesState, StateGraph
     from langgraph.prebuilt import ToolNode
 
-    @tool
-    def add_numbers(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
+    add_numbers = _add_numbers_tool()
 
     def plan(messages: list) -> AIMessage:
         """A scripted planner: one tool call per step until ``calls_per_turn`` results are in, then answer."""
