@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_stream_writer
@@ -37,6 +37,7 @@ from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
 from seedx_agent.errors import ConfigError
+from seedx_agent.tool_protocol import TOOL_OUTPUT_TAG, wrap_tool_output
 
 __all__ = [
     "APPROVE",
@@ -49,12 +50,12 @@ __all__ = [
     "make_chat_graph",
     "mark_tool_output",
     "parse_decision",
+    "seedx_agent_options",
     "seedx_planner",
 ]
 
 logger = logging.getLogger(__name__)
 
-TOOL_OUTPUT_TAG = "tool_output"
 REVIEWED_TOOLS: frozenset[str] = frozenset({"edit_image"})
 APPROVE: dict[str, Any] = {"approved": True}
 SYSTEM_PROMPT = (
@@ -109,16 +110,20 @@ def parse_decision(value: Any) -> EditDecision:
 def mark_tool_output(message: ToolMessage) -> ToolMessage:
     """Wrap a tool message's text in ``<tool_output tool=NAME>`` tags, neutralising any tag inside the text."""
     text = message.content if isinstance(message.content, str) else str(message.content)
-    text = text.replace(f"<{TOOL_OUTPUT_TAG}", f"&lt;{TOOL_OUTPUT_TAG}").replace(
-        f"</{TOOL_OUTPUT_TAG}", f"&lt;/{TOOL_OUTPUT_TAG}"
-    )
-    wrapped = f'<{TOOL_OUTPUT_TAG} tool="{message.name or "unknown"}">\n{text}\n</{TOOL_OUTPUT_TAG}>'
-    return message.model_copy(update={"content": wrapped})
+    return message.model_copy(update={"content": wrap_tool_output(message.name, text)})
 
 
 def _artifact_summary(message: ToolMessage) -> dict[str, Any]:
     artifact = message.artifact if isinstance(message.artifact, dict) else {}
     return {key: artifact[key] for key in ("image_id", "annotated_image_id", "parent_id") if artifact.get(key)}
+
+
+def _recent(messages: list[AnyMessage], window: int | None) -> list[AnyMessage]:
+    """The messages from the ``window``-th last human message on (all of them when ``window`` is None)."""
+    if window is None:
+        return messages
+    humans = [index for index, message in enumerate(messages) if isinstance(message, HumanMessage)]
+    return messages[humans[-window]:] if len(humans) >= window else messages
 
 
 def _last_ai_message(state: ChatAgentState) -> AIMessage | None:
@@ -134,10 +139,14 @@ def create_chat_agent(
     store: BaseStore | None = None,
     approve_edits: bool = False,
     system_prompt: str | None = SYSTEM_PROMPT,
+    planner_window: int | None = None,
     name: str = "seedx_chat",
 ) -> CompiledStateGraph:
     """Compile the chat agent graph (see the module docstring).
 
+    ``planner_window=N`` shows the planner only the messages from the N-th last human message on (the thread
+    keeps everything); small-context planners such as the miniature's ``ChatSeedX`` need it (N=1 when each
+    request names the image ids it is about).
     ``tools`` usually come from ``make_seedx_tools(engine, memory, namespace=...)``. ``approve_edits`` routes
     ``edit_image`` calls through a human review (needs a ``checkpointer``, or a LangGraph server that provides
     one). ``system_prompt=None`` sends the conversation as is.
@@ -147,13 +156,16 @@ def create_chat_agent(
         raise ConfigError("create_chat_agent needs at least one tool; pass make_seedx_tools(engine, memory, ...)")
     if not hasattr(planner, "bind_tools"):
         raise ConfigError(f"planner must be a chat model with bind_tools, got {type(planner).__name__}")
+    if planner_window is not None and (isinstance(planner_window, bool) or planner_window < 1):
+        raise ConfigError(f"planner_window must be a positive int or None (the whole thread), got {planner_window!r}")
     bound_planner = planner.bind_tools(tools)
 
     def call_planner(state: ChatAgentState) -> dict[str, Any]:
         """Ask the planner for the next step (tool calls or the final answer)."""
         write = get_stream_writer()
         write({"event": "planner_start", "messages": len(state.get("messages") or [])})
-        prompt = ([SystemMessage(system_prompt)] if system_prompt else []) + list(state.get("messages") or [])
+        messages = _recent(list(state.get("messages") or []), planner_window)
+        prompt = ([SystemMessage(system_prompt)] if system_prompt else []) + messages
         start = time.perf_counter()
         reply = bound_planner.invoke(prompt)
         if not isinstance(reply, AIMessage):
@@ -236,8 +248,26 @@ def create_chat_agent(
     return graph.compile(checkpointer=checkpointer, store=store, name=name)
 
 
+# Models with at most this many positions plan in the compact protocol (the miniature: 1024).
+SMALL_CONTEXT = 1024
+# Longest planner turn of a small-context model (a tool call is ~100 of its tokens).
+SMALL_CONTEXT_MAX_NEW_TOKENS = 192
+
+
+def is_small_context(engine: Any) -> bool:
+    """True for models that need the compact tool protocol and a one-request planner window."""
+    return engine.model.config.llm.max_position_embeddings <= SMALL_CONTEXT
+
+
+def seedx_agent_options(engine: Any) -> dict[str, Any]:
+    """``create_chat_agent`` options for a ``ChatSeedX`` planner on ``engine``: small-context models (the
+    miniature, agent-tuned on exactly this form) get no system prompt and see only the current request."""
+    return {"system_prompt": None, "planner_window": 1} if is_small_context(engine) else {}
+
+
 def seedx_planner(engine: Any, memory: Any, namespace: str) -> BaseChatModel:
-    """``ChatSeedX`` over the engine and memory (imported lazily from ``seedx_agent.tools.chat_model``)."""
+    """``ChatSeedX`` over the engine and memory (imported lazily from ``seedx_agent.tools.chat_model``);
+    compact tool specs and a longer turn budget on small-context models (see ``seedx_agent_options``)."""
     try:
         from seedx_agent.tools.chat_model import ChatSeedX
     except ImportError as error:
@@ -245,6 +275,14 @@ def seedx_planner(engine: Any, memory: Any, namespace: str) -> BaseChatModel:
             "the SEED-X planner (seedx_agent.tools.chat_model.ChatSeedX) is not available in this install; "
             "pass another chat model or a ScriptedPlanner to create_chat_agent"
         ) from error
+    if is_small_context(engine):
+        return ChatSeedX(
+            engine=engine,
+            memory=memory,
+            namespace=namespace,
+            tool_specs="compact",
+            max_new_tokens=SMALL_CONTEXT_MAX_NEW_TOKENS,
+        )
     return ChatSeedX(engine=engine, memory=memory, namespace=namespace)
 
 
@@ -264,4 +302,5 @@ def make_chat_graph() -> CompiledStateGraph:
         seedx_planner(engine, memory, namespace),
         make_seedx_tools(engine, memory, namespace=namespace),
         approve_edits=os.environ.get("SEEDX_APPROVE_EDITS", "0") == "1",
+        **seedx_agent_options(engine),
     )

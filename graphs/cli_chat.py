@@ -154,7 +154,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """Chat with the agent; every turn runs with ``durability="sync"``, so a thread survives a crash."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.types import Command
-    from seedx_agent.graphs.chat_agent import create_chat_agent, seedx_planner
+    from seedx_agent.graphs.chat_agent import create_chat_agent, seedx_agent_options, seedx_planner
     from seedx_agent.graphs.runtime import load_engine, open_memory
     from seedx_agent.graphs.scripted import ScriptedPlanner
     from seedx_agent.tools import make_seedx_tools
@@ -164,14 +164,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
     engine = load_engine(args.model)
     show = _progress_printer(args.quiet)
     with open_memory(args.memory, engine) as memory:
+        options: dict[str, Any] = {}
         if args.planner_script:
             planner = ScriptedPlanner.from_json(args.planner_script)
         else:
             planner = seedx_planner(engine, memory, args.namespace)
+            options = seedx_agent_options(engine)
         tools = make_seedx_tools(engine, memory, namespace=args.namespace, default_steps=args.steps)
         saver_context = _checkpointer(args.checkpoints)
         with saver_context as checkpointer:
-            graph = create_chat_agent(planner, tools, checkpointer=checkpointer, approve_edits=args.approve_edits)
+            graph = create_chat_agent(
+                planner, tools, checkpointer=checkpointer, approve_edits=args.approve_edits, **options
+            )
             config = {"configurable": {"thread_id": args.thread or uuid.uuid4().hex}}
             inputs = _script_inputs(args.script) if args.script else _interactive_inputs()
             pending: Any = None  # the interrupt value of an edit waiting for review

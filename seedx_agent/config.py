@@ -535,7 +535,7 @@ def _mini() -> SeedXConfig:
             num_heads=4,
             num_kv_heads=4,
             intermediate_size=688,
-            max_position_embeddings=512,
+            max_position_embeddings=1024,  # agent dialogs (compact tool protocol) run to ~720 tokens
         ),
         lvlm=LVLMConfig(
             num_image_tokens=16,

@@ -31,6 +31,7 @@ from seedx_agent.errors import (
     InvalidPromptError,
 )
 from seedx_agent.tokens import Box
+from seedx_agent.tool_protocol import edit_result, generate_result, ground_result, quote, recall_result
 
 __all__ = [
     "MAX_RECALL_K",
@@ -153,18 +154,10 @@ def _box_list(box: Box) -> list[float]:
     return [float(box.x1), float(box.y1), float(box.x2), float(box.y2)]
 
 
-def _format_box(box: Box) -> str:
-    return "[" + ", ".join(f"{value:.0f}" for value in box.as_tuple()) + "]"
-
-
 def _require_text(value: str, argument: str, example: str) -> str:
     if not value.strip():
         raise ToolException(f"{argument} is empty; pass a non-empty {argument}, e.g. {example!r}.")
     return value.strip()
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 @contextmanager
@@ -220,7 +213,7 @@ class _SeedXToolbox:
         boxes = [_box_list(box) for box in result.boxes]
         artifact: dict[str, Any] = {"image_id": image_id, "phrase": phrase, "boxes": boxes, "annotated_image_id": None}
         if not result.boxes:
-            return f"No box found for {_quote(phrase)} in {image_id}.", artifact
+            return ground_result(phrase, image_id, [], None), artifact
         record = self.memory.add(
             annotate_boxes(image, result.boxes),
             kind="generated",
@@ -231,12 +224,7 @@ class _SeedXToolbox:
             model=self.model_name,
         )
         artifact["annotated_image_id"] = record.id
-        shown = ", ".join(_format_box(box) for box in result.boxes)
-        content = (
-            f"Found {len(boxes)} box(es) for {_quote(phrase)} in {image_id} (pixels x1, y1, x2, y2): {shown}. "
-            f"Annotated copy: {record.id}."
-        )
-        return content, artifact
+        return ground_result(phrase, image_id, boxes, record.id), artifact
 
     def _seed(self, seed: int | None) -> int:
         return seed if seed is not None else secrets.randbelow(_SEED_LIMIT)
@@ -257,8 +245,7 @@ class _SeedXToolbox:
             model=self.model_name,
         )
         logger.info("generated %s for prompt %r (seed %d)", record.id, prompt, used_seed)
-        size = f"{record.width}x{record.height}"
-        content = f"Generated image {record.id} ({size}, seed {used_seed}) for {_quote(prompt)}."
+        content = generate_result(record.id, record.width, record.height, used_seed, prompt)
         return content, {"image_id": record.id, "seed": used_seed, "prompt": prompt}
 
     def edit_image(self, image_id: str, instruction: str, seed: int | None = None) -> tuple[str, dict[str, Any]]:
@@ -279,7 +266,7 @@ class _SeedXToolbox:
             model=self.model_name,
         )
         logger.info("edited %s into %s with %r (seed %d)", image_id, record.id, instruction, used_seed)
-        content = f"Edited {image_id} with {_quote(instruction)} into new image {record.id} (seed {used_seed})."
+        content = edit_result(image_id, instruction, record.id, used_seed)
         return content, {"image_id": record.id, "parent_id": image_id, "seed": used_seed, "instruction": instruction}
 
     def recall_images(
@@ -296,7 +283,7 @@ class _SeedXToolbox:
                 hits = self.memory.search_text(
                     _require_text(query, "query", "a red ball"), k=k, namespace=self.namespace
                 )
-                about = f"matching {_quote(query)}"
+                about = f"matching {quote(query)}"
             else:
                 self.memory.get(image_id, namespace=self.namespace)  # refuse ids outside this namespace
                 hits = self.memory.search_image(image_id, k=k, namespace=self.namespace)
@@ -311,14 +298,7 @@ class _SeedXToolbox:
             }
             for hit in hits
         ]
-        if not found:
-            return f"No stored images {about}.", {"images": []}
-        lines = [
-            f"- {item['image_id']} ({item['kind']}, score {item['score']:.2f})"
-            + (f": {_quote(item['prompt'])}" if item["prompt"] else "")
-            for item in found
-        ]
-        return f"{len(found)} stored image(s) {about}:\n" + "\n".join(lines), {"images": found}
+        return recall_result(about, found), {"images": found}
 
 
 def make_seedx_tools(

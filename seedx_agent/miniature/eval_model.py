@@ -7,10 +7,13 @@ here looks at the model's internals, so any ``SeedX`` (trained, random, converte
 
 from __future__ import annotations
 
+import json
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from seedx_agent.decoding import GenerationOptions
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature import world
 from seedx_agent.miniature.evaluate import (
@@ -21,10 +24,14 @@ from seedx_agent.miniature.evaluate import (
     score_reconstruction,
     score_text,
 )
+from seedx_agent.model import ChatMessage
+from seedx_agent.tool_protocol import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from seedx_agent.training.tool_dialogs import DIALOG_KINDS, ToolDialog
 
-__all__ = ["EVAL_TASKS", "evaluate_model"]
+__all__ = ["EVAL_TASKS", "evaluate_model", "heldout_dialogs"]
 
-EVAL_TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "text_to_image", "edit", "reconstruction")
+EVAL_TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "text_to_image", "edit", "reconstruction", "agent")
+AGENT_MAX_NEW_TOKENS = 192  # as the chat agent's planner on a small-context model
 INPUT_SIZE = 64  # world renders given to the model (the miniature ViT's crop size)
 
 
@@ -58,7 +65,10 @@ def evaluate_model(
     for task in tasks:
         started = time.perf_counter()
         source_task = "caption" if task == "reconstruction" else task
-        samples = world.make_dataset("heldout", n, source_task, seed, image_size=INPUT_SIZE)
+        if task == "agent":
+            samples = heldout_dialogs(n, seed)
+        else:
+            samples = world.make_dataset("heldout", n, source_task, seed, image_size=INPUT_SIZE)
         for index, sample in enumerate(samples):
             record = _run_one(model, task, sample, index, render_kwargs)
             scores = record.pop("scores")
@@ -73,7 +83,55 @@ def evaluate_model(
     return report
 
 
+def heldout_dialogs(n: int, seed: int = 0) -> list[ToolDialog]:
+    """``n`` agent dialogs from held-out world seeds, the dialog kinds in turn (equal counts per kind)."""
+    kinds = sorted(DIALOG_KINDS)
+    split = world.SPLITS["heldout"]
+    return [
+        DIALOG_KINDS[kinds[i % len(kinds)]](random.Random(split.sample_seed(i, seed) * 101 + 17)) for i in range(n)
+    ]
+
+
+def _planner_turn(model: Any, conversation: Sequence[str]) -> str:
+    """The model's next turn after ``conversation`` (alternating user/assistant texts, user last), greedy."""
+    roles = ["user", "assistant"] * len(conversation)
+    messages = [ChatMessage(role, text) for role, text in zip(roles, conversation, strict=False)]
+    options = GenerationOptions(max_new_tokens=AGENT_MAX_NEW_TOKENS)
+    return model.chat(messages, options=options, render_images=False).raw_text.strip()
+
+
+def _call_of(text: str) -> tuple[str, dict[str, Any]] | None:
+    """(name, args) of ``text`` when it is exactly one well-formed tool call, else None."""
+    if not (text.startswith(TOOL_CALL_OPEN) and text.endswith(TOOL_CALL_CLOSE)):
+        return None
+    try:
+        body = json.loads(text[len(TOOL_CALL_OPEN) : -len(TOOL_CALL_CLOSE)])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or set(body) != {"name", "args"} or not isinstance(body["args"], dict):
+        return None
+    return body["name"], body["args"]
+
+
+def _run_agent(model: Any, dialog: ToolDialog) -> dict[str, Any]:
+    """Planner step 1 (request -> tool call) and step 2 (tool result -> answer), each from the true context."""
+    call_turns, answer_turns = dialog.conversation(through_answer=False), dialog.conversation(through_answer=True)
+    call = _planner_turn(model, call_turns[:-1])
+    answer = _planner_turn(model, answer_turns[:-1])
+    call_ok = _call_of(call) == _call_of(call_turns[-1])  # ids as the #N handles the model sees
+    answer_ok = answer == answer_turns[-1]
+    scores = {
+        "call_ok": call_ok,
+        "answer_ok": answer_ok,
+        f"call_ok_{dialog.kind}": call_ok,
+        f"answer_ok_{dialog.kind}": answer_ok,
+    }
+    return {"request": call_turns[0], "call": call, "answer": answer, "target": answer_turns[-1], "scores": scores}
+
+
 def _run_one(model: Any, task: str, sample: Any, index: int, render_kwargs: dict[str, Any]) -> dict[str, Any]:
+    if task == "agent":
+        return _run_agent(model, sample)
     if task == "caption":
         answer = model.comprehend(world.render(sample.scene, INPUT_SIZE), world.CAPTION_QUESTION)
         return {

@@ -32,6 +32,7 @@ __all__ = [
     "IGNORE_INDEX",
     "Batch",
     "TrainingExample",
+    "chat_example",
     "collate",
     "comprehension_example",
     "edit_example",
@@ -190,6 +191,36 @@ def comprehension_example(
         [True] * n_crops,
         [False] * n_crops,
     )
+
+
+def chat_example(
+    tokenizer: SeedXTokenizer,
+    config: SeedXConfig,
+    conversation: Sequence[str],
+    *,
+    max_length: int | None = None,
+) -> TrainingExample:
+    """The last assistant turn of a text-only chat, with every earlier turn as context in inference form.
+
+    ``conversation`` alternates user and assistant texts and ends with the assistant text to learn. The
+    context is ``prompts.chat_prompt`` over the earlier turns, encoded as ``SeedX.chat`` encodes a replayed
+    conversation (one merged string); only the last answer and EOS are labelled. ``comprehension_example``
+    instead encodes turn by turn as the official LLaVA pipe does, which tokenises replayed turns differently.
+    """
+    if len(conversation) < 2 or len(conversation) % 2:
+        raise InvalidPromptError("conversation must alternate user/assistant texts and end with an assistant text")
+    roles = ["user", "assistant"] * (len(conversation) // 2)
+    turns = [prompts.Turn(role, text, ()) for role, text in zip(roles[:-1], conversation[:-1], strict=True)]
+    builder = _Builder(tokenizer)
+    ids, cmp = tokenizer.encode_segments_with_mask(
+        prompts.chat_prompt("seed-x-i", turns, config.lvlm.num_image_tokens).segments
+    )
+    builder.add(ids, labelled=False, cmp=cmp)
+    builder.add(_answer_ids(tokenizer, conversation[-1]), labelled=True)
+    builder.add_eos()
+    builder.check_length(max_length, "chat")
+    pixel_values, positions = _stack([], config)
+    return TrainingExample(builder.ids, builder.labels, builder.cmp, builder.gen, pixel_values, positions)
 
 
 def generation_example(

@@ -10,6 +10,10 @@ Stages, in the paper's order:
    features (``SeedXLVLM.forward``), full LLM weights, pre-training prompt style.
 5. ``lvlm_sft``: a LoRA (peft; the reference's targets and ``modules_to_save``) on the instruction
    format, merged into the LLM at the end.
+6. agent tuning (miniature only, ``lvlm-agent``): ``lvlm_sft`` again with a fresh LoRA on the merged SFT
+   model, on tool-calling dialogs in the compact protocol (``tool_dialogs``) alternating with the task
+   mixture, so the miniature can be its own planner in the chat agent. SEED-X itself was never tuned for
+   tool calls; large models follow the full protocol from its instructions.
 
 Each stage checkpoints into its own folder and resumes there; ``run_mini`` chains them and writes
 the finished model with ``save_components``.
@@ -354,8 +358,12 @@ def lvlm_sft(
     pad_token_id: int = 0,
     merge: bool = True,
     progress: bool = True,
+    name: str = "lvlm-sft",
 ) -> LoopResult:
-    """Instruction tuning with a fresh LoRA on the (merged) pre-trained LLM; merged at the end."""
+    """Instruction tuning with a fresh LoRA on the (merged) pre-trained LLM; merged at the end.
+
+    ``name`` labels progress and checkpoints (the miniature's agent tuning reuses this stage as ``lvlm-agent``).
+    """
     frozen(vision)
     lvlm.requires_grad_(False)
     apply_lora(lvlm, lora)
@@ -364,7 +372,7 @@ def lvlm_sft(
         return lvlm_loss(lvlm, vision, collate(examples(step), pad_token_id=pad_token_id))
 
     params = [p for p in lvlm.parameters() if p.requires_grad]
-    result = run_loop("lvlm-sft", out_dir, {"lvlm": lvlm}, params, step_fn, loop, progress=progress)
+    result = run_loop(name, out_dir, {"lvlm": lvlm}, params, step_fn, loop, progress=progress)
     if merge and result.finished:
         merge_lora(lvlm)
     return result
@@ -382,12 +390,14 @@ class MiniSchedule:
 
     vit_steps: int = 900
     vit_batch: int = 32
-    detok1_steps: int = 1200
+    detok1_steps: int = 2400
     detok2_steps: int = 400
     pretrain_steps: int = 2800
     sft_steps: int = 2000
+    agent_steps: int = 600
     detok_batch: int = 16
     lvlm_batch: int = 16
+    agent_batch: int = 8
     seed: int = 0
 
     def scaled(self, factor: float) -> MiniSchedule:
@@ -414,10 +424,11 @@ STAGE_STEP_FIELDS: dict[str, str] = {
     "detokenizer-2": "detok2_steps",
     "lvlm-pretrain": "pretrain_steps",
     "lvlm-sft": "sft_steps",
+    "lvlm-agent": "agent_steps",
 }
 
 
-MINI_STAGES = ("vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft")
+MINI_STAGES = ("vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft", "lvlm-agent")
 # The SFT adapter of the miniature: training wraps the LLM with it, assembly must rebuild the same wrapper.
 MINI_LORA = LoraSettings(r=32, alpha=32)
 
@@ -426,6 +437,13 @@ def _load_module(module: nn.Module, folder: Path, name: str) -> None:
     from safetensors.torch import load_file
 
     load_trainable_state({name: module}, load_file(str(folder / "checkpoint" / "weights.safetensors")))
+
+
+def _load_lora_stage(lvlm: SeedXLVLM, folder: Path) -> None:
+    """Apply the miniature's LoRA, load a finished LoRA stage's checkpoint into it and merge."""
+    apply_lora(lvlm, MINI_LORA)
+    _load_module(lvlm, folder, "lvlm")
+    merge_lora(lvlm)
 
 
 def run_mini(
@@ -558,6 +576,24 @@ def run_mini(
         )
         if not record("lvlm-sft", result):
             return report
+    if "lvlm-agent" in stages:
+        if not done("lvlm-sft", schedule.sft_steps):
+            raise ConfigError("agent tuning starts from a finished instruction tuning; run 'lvlm-sft' first")
+        if "lvlm-sft" not in stages:  # the SFT LLM, merged (a stage run above is merged already)
+            _load_lora_stage(lvlm, out / "lvlm-sft")
+        result = lvlm_sft(
+            lvlm,
+            parts.vision,
+            lambda step: data.agent_examples(step, schedule.agent_batch, schedule.lvlm_batch),
+            out / "lvlm-agent",
+            loop(schedule.agent_steps, 2e-3, 30),
+            lora=MINI_LORA,
+            pad_token_id=pad,
+            progress=progress,
+            name="lvlm-agent",
+        )
+        if not record("lvlm-agent", result):
+            return report
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
@@ -583,6 +619,7 @@ def assemble_mini(
         "detokenizer-1": schedule.detok1_steps,
         "detokenizer-2": schedule.detok2_steps,
         "lvlm-sft": schedule.sft_steps,
+        "lvlm-agent": schedule.agent_steps,
     }
     unfinished = [s for s, n in need.items() if (checkpoint_step(out / s) or 0) < n]
     if unfinished:
@@ -596,9 +633,8 @@ def assemble_mini(
     _load_module(detok2, out / "detokenizer-2", "detokenizer")
     parts.detokenizers[2] = detok2
     lvlm = parts.lvlms["seed-x-i"]
-    apply_lora(lvlm, MINI_LORA)
-    _load_module(lvlm, out / "lvlm-sft", "lvlm")
-    merge_lora(lvlm)
+    _load_lora_stage(lvlm, out / "lvlm-sft")
+    _load_lora_stage(lvlm, out / "lvlm-agent")
     parts.lvlms["seed-x-edit"] = lvlm
     for _, module in parts.modules():
         module.to(dtype).eval()

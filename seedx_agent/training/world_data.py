@@ -24,10 +24,12 @@ from seedx_agent.tokens import BOX_START
 from seedx_agent.training.examples import (
     TrainingExample,
     _Builder,
+    chat_example,
     comprehension_example,
     edit_example,
     generation_example,
 )
+from seedx_agent.training.tool_dialogs import random_dialog
 
 __all__ = ["LVLM_TASK_WEIGHTS", "SceneBatch", "WorldData", "scene_targets"]
 
@@ -126,6 +128,26 @@ class WorldData:
         mix = weights or LVLM_TASK_WEIGHTS
         tasks = rng.choices(list(mix), weights=list(mix.values()), k=n)
         return [self.example(task, rng, style=style) for task in tasks]
+
+    def agent_examples(
+        self, step: int, n_dialogs: int, n_tasks: int, *, task_every: int = 3, call_only: float = 0.6
+    ) -> list[TrainingExample]:
+        """Agent tuning: every ``task_every``-th step is the instruction-tuning mixture (``n_tasks`` examples,
+        so the tasks are not forgotten), the other steps ``n_dialogs`` tool dialogs (``tool_dialogs``), a
+        ``call_only`` share of them ending at the call (shorter, and the call is the planner's main job).
+        Each batch is one kind, so short task examples are not padded to dialog length."""
+        if step % task_every == task_every - 1:
+            return self.lvlm_examples(step, n_tasks, style="seed-x-i")
+        rng = self._rng("agent", step)
+        return [
+            chat_example(
+                self.tokenizer,
+                self.config,
+                random_dialog(rng).conversation(through_answer=rng.random() >= call_only),
+                max_length=self.config.llm.max_position_embeddings,
+            )
+            for _ in range(n_dialogs)
+        ]
 
     def example(self, task: str, rng: random.Random, *, style: prompts.Style) -> TrainingExample:
         """One training example of ``task`` drawn from ``rng``."""

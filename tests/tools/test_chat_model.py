@@ -493,3 +493,20 @@ def test_tool_choice_must_name_a_bound_tool(chat: ChatSeedX, scripted) -> None:
     chat.bind_tools([ground], tool_choice="none").invoke([HumanMessage("hi")])
     assert "<<SYS>>" not in seen[-1][0].text
     assert json.loads(json.dumps(chat.bind_tools([ground]).kwargs["tools"]))[0]["function"]["name"] == "ground"
+
+
+def test_compact_protocol_shows_handles_and_maps_them_back(chat: ChatSeedX, scripted, input_id: str) -> None:
+    compact = chat.model_copy(update={"tool_specs": "compact"})
+    answer = 'Found it in #1. <tool_call>{"name": "ground", "args": {"image_id": "#1", "phrase": "red"}}</tool_call>'
+    seen = scripted(answer)
+    bound = compact.bind_tools([ground])
+    request = [HumanMessage(f"Where is the red thing in {input_id}? Not in #7.")]
+    message = bound.invoke(request)
+    prompt = seen[0][0].text
+    assert prompt.startswith("<<SYS>>\nTools:\nground(image_id, phrase)\nCall: <tool_call>")
+    assert input_id not in prompt and "Where is the red thing in #1? Not in #7." in prompt
+    assert message.content == f"Found it in {input_id}."  # handles the model writes are mapped back
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("ground", {"image_id": input_id, "phrase": "red"})]
+    chunks = list(bound.stream(request))
+    assert "".join(c.text for c in chunks) == message.content  # a streamed "#" waits until its number is known
+    assert all("#" not in c.text for c in chunks)

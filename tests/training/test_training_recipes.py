@@ -153,9 +153,11 @@ def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
         detok2_steps=1,
         pretrain_steps=2,
         sft_steps=1,
+        agent_steps=2,
         vit_batch=2,
         detok_batch=2,
         lvlm_batch=2,
+        agent_batch=1,
     )
     run = tmp_path / "run"
     config = SeedXConfig.from_preset("tiny-random").model_copy(
@@ -163,8 +165,10 @@ def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="ViT stage"):
         run_mini(run, schedule=schedule, stages=("lvlm-pretrain",), progress=False, config=config)
+    with pytest.raises(ConfigError, match="instruction tuning"):
+        run_mini(run, schedule=schedule, stages=("vit", "lvlm-agent"), progress=False, config=config)
     report = run_mini(run, schedule=schedule, progress=False, config=config)
-    assert set(report["stages"]) == {"vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft"}
+    assert set(report["stages"]) == {"vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft", "lvlm-agent"}
     assert all(stage["finished"] for stage in report["stages"].values())
     again = run_mini(
         run, schedule=schedule, stages=("lvlm-pretrain",), progress=False, config=config
