@@ -37,7 +37,7 @@ from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
 from seedx_agent.errors import ConfigError
-from seedx_agent.tool_protocol import TOOL_OUTPUT_TAG, wrap_tool_output
+from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_OUTPUT_TAG, wrap_tool_output
 
 __all__ = [
     "APPROVE",
@@ -250,8 +250,6 @@ def create_chat_agent(
 
 # Models with at most this many positions plan in the compact protocol (the miniature: 1024).
 SMALL_CONTEXT = 1024
-# Longest planner turn of a small-context model (a tool call is ~100 of its tokens).
-SMALL_CONTEXT_MAX_NEW_TOKENS = 192
 
 
 def is_small_context(engine: Any) -> bool:
@@ -281,7 +279,7 @@ def seedx_planner(engine: Any, memory: Any, namespace: str) -> BaseChatModel:
             memory=memory,
             namespace=namespace,
             tool_specs="compact",
-            max_new_tokens=SMALL_CONTEXT_MAX_NEW_TOKENS,
+            max_new_tokens=COMPACT_MAX_NEW_TOKENS,
         )
     return ChatSeedX(engine=engine, memory=memory, namespace=namespace)
 

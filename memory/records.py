@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from seedx_agent.tool_protocol import IMAGE_ID_RE
+
 from .errors import InvalidImageIdError, InvalidMemoryRequestError
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
 ImageKind = Literal["input", "generated", "edited"]
 IMAGE_KINDS: tuple[str, ...] = get_args(ImageKind)
 
-_IMAGE_ID_PATTERN = re.compile(r"img_[0-9a-f]{16}")
+_IMAGE_ID_PATTERN = IMAGE_ID_RE  # the id form, defined once in the core (the planner protocol reads it too)
 _CONTENT_HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 _ANCHORED_ID_PATTERN = f"^{_IMAGE_ID_PATTERN.pattern}$"  # pydantic patterns are searched, not full-matched
 # A namespace segment: no separator, no control characters, no surrounding whitespace.

@@ -706,7 +706,7 @@ class ChatSeedX(BaseChatModel):
             "raw_text": raw_text,
         }
         return _Reply(
-            text=text_of(result.raw_text, True),
+            text=visible_text(raw_text, parse_calls=parse_calls, stop=stops, final=True),
             tool_calls=parsed.tool_calls,
             invalid_tool_calls=parsed.invalid_tool_calls,
             image_blocks=[{"type": "image", "file_id": image_id, "mime_type": "image/png"} for image_id in image_ids],

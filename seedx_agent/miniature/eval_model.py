@@ -25,13 +25,12 @@ from seedx_agent.miniature.evaluate import (
     score_text,
 )
 from seedx_agent.model import ChatMessage
-from seedx_agent.tool_protocol import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from seedx_agent.training.tool_dialogs import DIALOG_KINDS, ToolDialog
 
 __all__ = ["EVAL_TASKS", "evaluate_model", "heldout_dialogs"]
 
 EVAL_TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "text_to_image", "edit", "reconstruction", "agent")
-AGENT_MAX_NEW_TOKENS = 192  # as the chat agent's planner on a small-context model
 INPUT_SIZE = 64  # world renders given to the model (the miniature ViT's crop size)
 
 
@@ -96,7 +95,7 @@ def _planner_turn(model: Any, conversation: Sequence[str]) -> str:
     """The model's next turn after ``conversation`` (alternating user/assistant texts, user last), greedy."""
     roles = ["user", "assistant"] * len(conversation)
     messages = [ChatMessage(role, text) for role, text in zip(roles, conversation, strict=False)]
-    options = GenerationOptions(max_new_tokens=AGENT_MAX_NEW_TOKENS)
+    options = GenerationOptions(max_new_tokens=COMPACT_MAX_NEW_TOKENS)  # as the chat agent's planner
     return model.chat(messages, options=options, render_images=False).raw_text.strip()
 
 

@@ -9,10 +9,11 @@ A dialog is one request of the chat agent (``seedx_agent.graphs.create_chat_agen
     assistant: a short answer that reports what the tool returned (ids, box, answer)
 
 Every string comes from ``seedx_agent.tool_protocol``, the module the tools and the chat model use, so the
-training text equals the inference text token for token (``tests/training/test_tool_dialogs.py`` checks it
-through ``ChatSeedX``). Half of the dialogs stop after the call (then EOS), because at inference the call is
-the end of the model's turn; the other half run to the answer. Requests, ids, seeds and results are drawn
-from the miniature world, so arguments must be copied from the request (handles, phrases, instructions).
+training text equals the inference text token for token (``tests/tools/test_agent_dialogs.py`` checks it
+through ``ChatSeedX``). Some dialogs stop after the call (then EOS), because at inference the call is the end
+of the model's turn; the others run to the answer (``WorldData.agent_examples`` sets the share). Requests,
+ids, seeds and results are drawn from the miniature world, so arguments must be copied from the request
+(handles, phrases, instructions).
 Image ids appear as ``#N`` handles (``tool_protocol.IdAliases``), as ``ChatSeedX`` shows them.
 """
 
@@ -57,7 +58,7 @@ SEEDX_TOOL_SPECS: tuple[dict[str, Any], ...] = (
     _spec("edit_image", ("image_id", "instruction"), ("seed",)),
     _spec("recall_images", (), ("query", "image_id", "k")),
 )
-RECALL_K = 2  # the miniature asks for two matches: short results fit its 512-token context
+RECALL_K = 2  # the miniature asks for two matches: short results keep dialogs inside its 1024 positions
 
 DESCRIBE_REQUESTS = ("Describe {id}.", "What is in {id}?", "Describe the image {id}.")
 VQA_REQUESTS = ("{question} ({id})", "Look at {id}: {question}")
