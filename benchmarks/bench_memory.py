@@ -116,48 +116,63 @@ def _add_numbers_tool() -> Any:
     return add_numbers
 
 
+def _node_classes() -> dict[str, Any]:
+    """LangGraph's ``ToolNode`` (the baseline) and ``InlineToolNode`` (what ``create_chat_agent`` uses)."""
+    from langgraph.prebuilt import ToolNode
+    from seedx_agent.graphs.tool_node import InlineToolNode
+
+    return {"ToolNode": ToolNode, "InlineToolNode": InlineToolNode}
+
+
 def bench_tool_node(runs: int) -> float:
-    """Section 2: one trivial tool call through ``ToolNode`` vs the tool itself; returns the overhead in ms."""
+    """Section 2: one trivial tool call through a one-node graph (``ToolNode``, and ``InlineToolNode`` as our
+    graphs use it) vs the tool itself; returns InlineToolNode's overhead in ms."""
     from langchain_core.messages import AIMessage
     from langgraph.graph import END, START, MessagesState, StateGraph
-    from langgraph.prebuilt import ToolNode
 
     add_numbers = _add_numbers_tool()
-    # ToolNode needs a graph's runtime config: the smallest graph, START -> tools -> END.
-    builder = StateGraph(MessagesState)
-    builder.add_node("tools", ToolNode([add_numbers]))
-    builder.add_edge(START, "tools")
-    builder.add_edge("tools", END)
-    node = builder.compile()
+    nodes = {}
+    for name, node_class in _node_classes().items():
+        # A tool node needs a graph's runtime config: the smallest graph, START -> tools -> END.
+        builder = StateGraph(MessagesState)
+        builder.add_node("tools", node_class([add_numbers]))
+        builder.add_edge(START, "tools")
+        builder.add_edge("tools", END)
+        nodes[name] = builder.compile()
 
-    def through_node(index: int) -> object:
-        call = {"name": "add_numbers", "args": {"a": index, "b": 1}, "id": f"call_{index}", "type": "tool_call"}
-        out = node.invoke({"messages": [AIMessage(content="", tool_calls=[call])]})
-        if out["messages"][-1].content != str(index + 1):
-            raise RuntimeError(f"ToolNode returned {out['messages'][-1].content!r}")
-        return out
+    def through(name: str) -> Callable[[int], object]:
+        def call_node(index: int) -> object:
+            call = {"name": "add_numbers", "args": {"a": index, "b": 1}, "id": f"call_{index}", "type": "tool_call"}
+            out = nodes[name].invoke({"messages": [AIMessage(content="", tool_calls=[call])]})
+            if out["messages"][-1].content != str(index + 1):
+                raise RuntimeError(f"{name} returned {out['messages'][-1].content!r}")
+            return out
 
-    direct = time_calls(lambda i: add_numbers.invoke({"a": i, "b": 1}), runs)
-    via_node = time_calls(through_node, runs)
-    direct_p50, _ = percentiles(direct)
-    node_p50, node_p95 = percentiles(via_node)
-    overhead = node_p50 - direct_p50
-    print(f"\n## LangGraph ToolNode overhead per tool call ({runs} calls each)")
-    print("| path | p50 ms | p95 ms |")
-    print("|---|---:|---:|")
-    print(f"| tool.invoke (direct) | {direct_p50:.3f} | {percentiles(direct)[1]:.3f} |")
-    print(f"| graph START -> ToolNode -> END, one tool call | {node_p50:.3f} | {node_p95:.3f} |")
-    print(f"ToolNode overhead per tool call: {overhead:.3f} ms (target <= 2 ms)")
-    return overhead
+        return call_node
+
+    direct_p50, direct_p95 = percentiles(time_calls(lambda i: add_numbers.invoke({"a": i, "b": 1}), runs))
+    print(f"\n## LangGraph tool-node overhead per tool call ({runs} calls each)")
+    print("| path | p50 ms | p95 ms | overhead ms (p50 - direct p50) |")
+    print("|---|---:|---:|---:|")
+    print(f"| tool.invoke (direct) | {direct_p50:.3f} | {direct_p95:.3f} | |")
+    overheads = {}
+    for name in nodes:
+        p50, p95 = percentiles(time_calls(through(name), runs))
+        overheads[name] = p50 - direct_p50
+        print(f"| graph START -> {name} -> END, one tool call | {p50:.3f} | {p95:.3f} | {overheads[name]:.3f} |")
+    print(
+        f"overhead per tool call: InlineToolNode {overheads['InlineToolNode']:.3f} ms (target <= 2 ms), "
+        f"ToolNode {overheads['ToolNode']:.3f} ms"
+    )
+    return overheads["InlineToolNode"]
 
 
 def bench_agent_loop(runs: int, calls_per_turn: int = 10) -> float:
-    """Section 3: the marginal cost of one tool call inside a running agent loop (planner node -> ToolNode ->
+    """Section 3: the marginal cost of one tool call inside a running agent loop (planner node -> tool node ->
     planner, ``calls_per_turn`` times per invoke) against the same planner and tool calls run as plain Python;
-    returns the overhead per tool call in ms (the per-invoke setup of section 2 is paid once per turn)."""
+    returns InlineToolNode's overhead per tool call in ms (section 2's per-invoke setup is paid once per turn)."""
     from langchain_core.messages import AIMessage
     from langgraph.graph import END, START, MessagesState, StateGraph
-    from langgraph.prebuilt import ToolNode
 
     add_numbers = _add_numbers_tool()
 
@@ -169,38 +184,49 @@ def bench_agent_loop(runs: int, calls_per_turn: int = 10) -> float:
         call = {"name": "add_numbers", "args": {"a": done, "b": 1}, "id": f"call_{done}", "type": "tool_call"}
         return AIMessage(content="", tool_calls=[call])
 
-    builder = StateGraph(MessagesState)
-    builder.add_node("planner", lambda state: {"messages": [plan(state["messages"])]})
-    builder.add_node("tools", ToolNode([add_numbers]))
-    builder.add_edge(START, "planner")
-    builder.add_conditional_edges("planner", lambda state: "tools" if state["messages"][-1].tool_calls else END)
-    builder.add_edge("tools", "planner")
-    graph = builder.compile()
+    def make_graph(node_class: Any) -> Any:
+        builder = StateGraph(MessagesState)
+        builder.add_node("planner", lambda state: {"messages": [plan(state["messages"])]})
+        builder.add_node("tools", node_class([add_numbers]))
+        builder.add_edge(START, "planner")
+        builder.add_conditional_edges("planner", lambda state: "tools" if state["messages"][-1].tool_calls else END)
+        builder.add_edge("tools", "planner")
+        return builder.compile()
 
-    def through_graph(index: int) -> object:
-        out = graph.invoke({"messages": [("user", "go")]}, {"recursion_limit": 4 * calls_per_turn + 4})
-        if len([m for m in out["messages"] if m.type == "tool"]) != calls_per_turn:
-            raise RuntimeError("the agent loop did not make every tool call")
-        return out
+    def through(graph: Any) -> Callable[[int], object]:
+        def run_turn(index: int) -> object:
+            out = graph.invoke({"messages": [("user", "go")]}, {"recursion_limit": 4 * calls_per_turn + 4})
+            if len([m for m in out["messages"] if m.type == "tool"]) != calls_per_turn:
+                raise RuntimeError("the agent loop did not make every tool call")
+            return out
+
+        return run_turn
 
     def plain(index: int) -> object:
         messages: list = []
         while (message := plan(messages)).tool_calls:
             messages.append(message)
             for call in message.tool_calls:
-                messages.append(add_numbers.invoke(call))  # a ToolMessage, as ToolNode returns
+                messages.append(add_numbers.invoke(call))  # a ToolMessage, as a tool node returns
         return messages
 
-    graph_p50, _ = percentiles(time_calls(through_graph, max(10, runs // calls_per_turn)))
-    plain_p50, _ = percentiles(time_calls(plain, max(10, runs // calls_per_turn)))
-    overhead = (graph_p50 - plain_p50) / calls_per_turn
+    turns = max(10, runs // calls_per_turn)
+    plain_p50, _ = percentiles(time_calls(plain, turns))
     print(f"\n## LangGraph overhead per tool call inside an agent loop ({calls_per_turn} calls per invoke)")
-    print("| path | p50 ms per turn |")
-    print("|---|---:|")
-    print(f"| plain Python: planner + tool.invoke, {calls_per_turn} calls | {plain_p50:.3f} |")
-    print(f"| graph planner -> ToolNode -> planner, {calls_per_turn} calls | {graph_p50:.3f} |")
-    print(f"overhead per tool call in the loop: {overhead:.3f} ms (target <= 2 ms)")
-    return overhead
+    print("| path | p50 ms per turn | overhead per tool call ms |")
+    print("|---|---:|---:|")
+    print(f"| plain Python: planner + tool.invoke, {calls_per_turn} calls | {plain_p50:.3f} | |")
+    overheads = {}
+    for name, node_class in _node_classes().items():
+        graph_p50, _ = percentiles(time_calls(through(make_graph(node_class)), turns))
+        overheads[name] = (graph_p50 - plain_p50) / calls_per_turn
+        path = f"graph planner -> {name} -> planner, {calls_per_turn} calls"
+        print(f"| {path} | {graph_p50:.3f} | {overheads[name]:.3f} |")
+    print(
+        f"overhead per tool call in the loop: InlineToolNode {overheads['InlineToolNode']:.3f} ms (target <= 2 ms), "
+        f"ToolNode {overheads['ToolNode']:.3f} ms"
+    )
+    return overheads["InlineToolNode"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 Measures (best of ``--runs``): bandwidth of a large tensor copy (read + write bytes) and sum (read
 bytes); fp32 GEMM GFLOP/s. Then, for a mid-size LLaMA (random weights, fp32), decode tokens/s against
-the bandwidth bound (every non-embedding weight byte read once per token) and prefill FLOP/s against
-the GEMM peak (2 x non-embedding params FLOPs per token, attention ignored).
+the bandwidth bound (every non-embedding weight byte read once per token), with our in-place KV cache
+(``seedx_agent.kv_layers``, what ``decoding.decode`` uses) and with transformers' ``DynamicCache``, and
+prefill FLOP/s against the GEMM peak (2 x non-embedding params FLOPs per token, attention ignored).
 
 Run from the repository root: ``python -m benchmarks.roofline --layers 8 --hidden 1024``.
 """
@@ -48,8 +49,11 @@ def measure_gemm(size: int, runs: int) -> float:
 
 @torch.no_grad()
 def measure_llm(layers: int, hidden: int, prompt: int, steps: int, runs: int, vocab: int = 32000) -> dict[str, float]:
-    """Decode tokens/s and prefill FLOP/s of a random fp32 LLaMA (LLaMA-2 vocab and MLP ratio)."""
+    """Decode tokens/s (with transformers' concatenating ``DynamicCache`` and with our in-place
+    ``new_kv_cache``, alternating) and prefill FLOP/s of a random fp32 LLaMA (LLaMA-2 vocab and MLP ratio)."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from seedx_agent.kv_layers import new_kv_cache
 
     config = LlamaConfig(
         vocab_size=vocab,
@@ -64,28 +68,32 @@ def measure_llm(layers: int, hidden: int, prompt: int, steps: int, runs: int, vo
     model = LlamaForCausalLM(config).eval()
     weights = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     ids = torch.randint(0, config.vocab_size, (1, prompt))
+    factories = {"DynamicCache": lambda: DynamicCache(config=config), "ours": lambda: new_kv_cache(config)}
 
-    def prefill() -> DynamicCache:
-        cache = DynamicCache(config=config)
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    def prefill(factory: Callable[[], object] = factories["DynamicCache"]) -> object:
+        cache = factory()
+        model(input_ids=ids, cache=cache, use_cache=True)
         return cache
 
-    def decode() -> None:
-        cache = prefill_cache[0]
-        extra = cache.get_seq_length() - prompt
-        if extra:  # back to the prompt (transformers 5: crop(-n) drops n tokens), same positions every run
-            cache.crop(-extra)
-        token = ids[:, -1:]
+    def decode_seconds(factory: Callable[[], object]) -> float:
+        """Per-token seconds of ``steps`` greedy steps after an (untimed) prefill into a fresh cache."""
+        cache, token = prefill(factory), ids[:, -1:]
+        start = time.perf_counter()
         for _ in range(steps):
-            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
-            token = logits[:, -1:].argmax(-1)
+            token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        return (time.perf_counter() - start) / steps
 
     prefill_s = best_seconds(prefill, runs)
-    prefill_cache = [prefill()]
-    decode_s = best_seconds(decode, runs) / steps
+    best = {name: float("inf") for name in factories}
+    for factory in factories.values():  # warm-up
+        decode_seconds(factory)
+    for _ in range(runs):
+        for name, factory in factories.items():
+            best[name] = min(best[name], decode_seconds(factory))
     return {
         "weights": float(weights),
-        "decode_tokens_per_s": 1 / decode_s,
+        "decode_tokens_per_s": 1 / best["ours"],
+        "decode_tokens_per_s_dynamic": 1 / best["DynamicCache"],
         "prefill_gflops": 2 * weights * prompt / prefill_s / 1e9,
         "prefill_s": prefill_s,
     }
@@ -124,11 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"| memory bandwidth, copy ({args.megabytes} MiB fp32) | {bandwidth['copy']:.1f} GB/s | | |")
     print(f"| memory bandwidth, sum | {bandwidth['sum']:.1f} GB/s | | |")
     print(f"| fp32 GEMM {args.gemm}^3 | {gemm:.1f} GFLOP/s | | |")
-    print(
-        f"| decode, {args.layers} layers x {args.hidden} ({llm['weights'] / 1e6:.1f}M non-embedding params, "
-        f"{weight_bytes / 2**20:.0f} MiB) | {llm['decode_tokens_per_s']:.1f} tok/s | {bound:.1f} tok/s "
-        f"(copy bandwidth / weight bytes) | {llm['decode_tokens_per_s'] / bound:.2f} |"
-    )
+    model = f"{args.layers} layers x {args.hidden} ({llm['weights'] / 1e6:.1f}M non-embedding params, "
+    model += f"{weight_bytes / 2**20:.0f} MiB), {args.prompt}-token prompt"
+    for label, key in (("ours (in-place KV)", "decode_tokens_per_s"), ("DynamicCache", "decode_tokens_per_s_dynamic")):
+        print(
+            f"| decode, {model}, {label} | {llm[key]:.1f} tok/s | {bound:.1f} tok/s "
+            f"(copy bandwidth / weight bytes) | {llm[key] / bound:.2f} |"
+        )
     print(
         f"| prefill, {args.prompt} tokens ({llm['prefill_s'] * 1e3:.0f} ms) | {llm['prefill_gflops']:.1f} GFLOP/s "
         f"| {gemm:.1f} GFLOP/s (GEMM) | {llm['prefill_gflops'] / gemm:.2f} |"

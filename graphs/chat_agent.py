@@ -2,10 +2,11 @@
 
 Graph: ``planner -> (review ->) tools -> planner -> ... -> END``. The planner is any LangChain chat model with
 ``bind_tools`` (``ChatSeedX``, a hosted model, or a ``ScriptedPlanner``); the tools are
-``seedx_agent.tools.make_seedx_tools(...)`` run by a ``ToolNode``. With ``approve_edits=True`` every
-``edit_image`` call waits in ``review`` for a human decision (``langgraph.types.interrupt``); resume the thread
-with ``Command(resume=APPROVE)`` or ``Command(resume={"approved": False, "reason": "..."})`` (one resume per
-pending edit). A rejected edit is not run; the planner gets an error tool message with the reason instead.
+``seedx_agent.tools.make_seedx_tools(...)`` run by a ``ToolNode`` (``InlineToolNode``: a lone call skips its
+thread pool). With ``approve_edits=True`` every ``edit_image`` call waits in ``review`` for a human decision
+(``langgraph.types.interrupt``); resume the thread with ``Command(resume=APPROVE)`` or
+``Command(resume={"approved": False, "reason": "..."})`` (one resume per pending edit). A rejected edit is not
+run; the planner gets an error tool message with the reason instead.
 
 Tool results are wrapped as ``<tool_output tool="...">...</tool_output>`` and the system prompt tells the
 planner that such text is data, never instructions (a caption or answer produced from an image must not be
@@ -30,10 +31,10 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.prebuilt import ToolNode
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, interrupt
+from seedx_agent.graphs.tool_node import InlineToolNode
 from typing_extensions import TypedDict
 
 from seedx_agent.errors import ConfigError
@@ -123,7 +124,7 @@ def _recent(messages: list[AnyMessage], window: int | None) -> list[AnyMessage]:
     if window is None:
         return messages
     humans = [index for index, message in enumerate(messages) if isinstance(message, HumanMessage)]
-    return messages[humans[-window]:] if len(humans) >= window else messages
+    return messages[humans[-window] :] if len(humans) >= window else messages
 
 
 def _last_ai_message(state: ChatAgentState) -> AIMessage | None:
@@ -240,7 +241,7 @@ def create_chat_agent(
     graph = StateGraph(ChatAgentState)
     graph.add_node("planner", call_planner)
     graph.add_node("review", review)
-    graph.add_node("tools", ToolNode(tools, wrap_tool_call=run_tool))
+    graph.add_node("tools", InlineToolNode(tools, wrap_tool_call=run_tool))
     graph.add_edge(START, "planner")
     graph.add_conditional_edges("planner", after_planner, ["review", "tools", END])
     graph.add_edge("review", "tools")

@@ -14,8 +14,8 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 import numpy as np
 import PIL.Image
@@ -49,13 +49,23 @@ class AnyResCrops:
     patch_positions: torch.Tensor  # (k+1, 2) float32 (x, y) in (0, 1); thumbnail (0.5, 0.5)
     grid: tuple[int, int]  # (cols, rows) of the tiling
     image_size: tuple[int, int]  # (width, height) of the original image (box coordinates refer to it)
-    # blake2b of the uint8 crops and the grid: identical model inputs <=> identical hash (prefix KV cache key).
-    content_hash: str | None = None
+    # The uint8 crops (k+1, S, S, 3) behind ``pixel_values``, kept for ``content_hash`` (a quarter of the bytes).
+    uint8_crops: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_crops(self) -> int:
         """Tiles plus the thumbnail (cols*rows + 1)."""
         return int(self.pixel_values.shape[0])
+
+    @cached_property
+    def content_hash(self) -> str | None:
+        """blake2b of the uint8 crops and the grid: identical model inputs <=> identical hash (the prefix KV
+        cache key). Computed on first use only, since most callers never need it; None without ``uint8_crops``."""
+        if self.uint8_crops is None:
+            return None
+        digest = hashlib.blake2b(np.ascontiguousarray(self.uint8_crops).data, digest_size=20)
+        digest.update(f"{self.grid[0]}x{self.grid[1]}".encode())
+        return digest.hexdigest()
 
 
 def parse_grids(grids: Sequence[str], base: int) -> list[Size]:
@@ -213,24 +223,73 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _as_rgb(image: PIL.Image.Image, caller: str) -> PIL.Image.Image:
+    if not isinstance(image, PIL.Image.Image):
+        raise InvalidImageError(
+            f"{caller} expects a PIL image, got {type(image).__name__}; read it with seedx_agent.images.load_image"
+        )
+    # Orientation is load_image's job; here only the mode is normalised so sizes stay the caller's.
+    return image if image.mode == "RGB" else to_rgb(image, apply_exif_orientation=False)
+
+
+def _resize(image: PIL.Image.Image, size: Size) -> PIL.Image.Image:
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _assemble(
+    rgb: PIL.Image.Image, resized: PIL.Image.Image, thumbnail: PIL.Image.Image, config: VisionConfig
+) -> AnyResCrops:
+    """The crops of one image from its grid resize and its thumbnail: tiles, normalisation, positions."""
+    side = config.image_size
+    cols, rows = resized.width // side, resized.height // side
+    # Tiles sit on whole pixels of the resized image, so slicing its array equals PIL's crop; each tile is
+    # already S x S, where torchvision's Resize((S, S)) is a no-op copy.
+    grid_pixels = np.asarray(resized)  # (rows*S, cols*S, 3) uint8
+    pixels = np.empty((rows * cols + 1, side, side, 3), dtype=np.uint8)  # (k+1, S, S, 3)
+    pixels[:-1] = grid_pixels.reshape(rows, side, cols, side, 3).transpose(0, 2, 1, 3, 4).reshape(-1, side, side, 3)
+    pixels[-1] = np.asarray(thumbnail)
+    positions = [((col + 0.5) / cols, (row + 0.5) / rows) for row in range(rows) for col in range(cols)]
+    positions.append((0.5, 0.5))
+    return AnyResCrops(
+        pixel_values=_normalise(pixels, config),
+        patch_positions=torch.tensor(positions, dtype=torch.float32),  # (k+1, 2)
+        grid=(cols, rows),
+        image_size=rgb.size,
+        uint8_crops=pixels,
+    )
+
+
 def preprocess_batch(
     images: Sequence[PIL.Image.Image], config: VisionConfig, grids: Sequence[str]
 ) -> list[AnyResCrops]:
     """``preprocess`` of several images at once, spread over the CPU cores; results equal (tensor for
-    tensor) the one-by-one calls and keep the input order."""
-    images = list(images)
-    for index, image in enumerate(images):
-        if not isinstance(image, PIL.Image.Image):
-            raise InvalidImageError(
-                f"preprocess_batch expects PIL images, got {type(image).__name__} at index {index}; "
-                "read it with seedx_agent.images.load_image"
-            )
-    if len(images) < 2 or (os.cpu_count() or 1) < 2 or not any(_worth_a_thread(im.size) for im in images):
-        return [preprocess(image, config, grids) for image in images]
-    # Workers never wait on the pool themselves (parallel=False), so a saturated pool cannot deadlock.
-    jobs = [_pool().submit(preprocess, image, config, grids, parallel=False) for image in images[1:]]
-    first = preprocess(images[0], config, grids, parallel=False)
-    return [first, *(job.result() for job in jobs)]
+    tensor) the one-by-one calls and keep the input order.
+
+    Every bicubic resize (each image's grid and thumbnail) is its own pool task, the most pixels first so
+    the cores finish together; each image's tiling and normalisation is queued after all of them.
+    """
+    rgbs = [_as_rgb(image, f"preprocess_batch (at index {index})") for index, image in enumerate(images)]
+    if len(rgbs) < 2 or (os.cpu_count() or 1) < 2 or not any(_worth_a_thread(im.size) for im in rgbs):
+        return [preprocess(image, config, grids) for image in rgbs]
+    side = config.image_size
+    candidates = parse_grids(grids, side)
+    targets = [(select_grid(rgb.size, candidates), (side, side)) for rgb in rgbs]
+    resizes = [(index, which, size) for index, sizes in enumerate(targets) for which, size in enumerate(sizes)]
+    resizes = [item for item in resizes if not (item[1] == 1 and targets[item[0]][0] == (side, side))]
+    pixels_in = [rgb.width * rgb.height for rgb in rgbs]
+    resizes.sort(key=lambda item: -(pixels_in[item[0]] + item[2][0] * item[2][1]))
+    pool = _pool()
+    jobs = {(index, which): pool.submit(_resize, rgbs[index], size) for index, which, size in resizes}
+
+    def assemble(index: int) -> AnyResCrops:
+        # The pool is FIFO and these run after every resize was submitted, so a worker here only waits
+        # on resizes already taken by workers: no deadlock, even with the pool saturated.
+        resized = jobs[(index, 0)].result()
+        thumbnail = jobs[(index, 1)].result() if (index, 1) in jobs else resized
+        return _assemble(rgbs[index], resized, thumbnail, config)
+
+    assembled = [pool.submit(assemble, index) for index in range(len(rgbs))]
+    return [job.result() for job in assembled]
 
 
 def preprocess(
@@ -240,42 +299,21 @@ def preprocess(
 
     ``parallel`` lets a large image's thumbnail resize run on a pool thread beside the grid resize.
     """
-    if not isinstance(image, PIL.Image.Image):
-        raise InvalidImageError(
-            f"preprocess expects a PIL image, got {type(image).__name__}; read it with seedx_agent.images.load_image"
-        )
-    # Orientation is load_image's job; here only the mode is normalised so sizes stay the caller's.
-    rgb = image if image.mode == "RGB" else to_rgb(image, apply_exif_orientation=False)
+    rgb = _as_rgb(image, "preprocess")
     side = config.image_size
     grid_w, grid_h = select_grid(rgb.size, parse_grids(grids, side))
-    cols, rows = grid_w // side, grid_h // side
     # The thumbnail is the same PIL call as the grid resize when the grid is 1x1: reuse it. Otherwise the two
     # bicubic resizes (nearly all of the time) are independent and PIL releases the GIL while resampling,
     # so a large image's thumbnail is drawn on a pool thread while this thread draws the grid.
+    one_tile = (grid_w, grid_h) == (side, side)
     thumbnail_job: Future[PIL.Image.Image] | None = None
-    if (cols, rows) != (1, 1) and parallel and _worth_a_thread(rgb.size):
-        thumbnail_job = _pool().submit(rgb.resize, (side, side), Image.Resampling.BICUBIC)
-    resized = rgb.resize((grid_w, grid_h), Image.Resampling.BICUBIC)
-    if (cols, rows) == (1, 1):
+    if not one_tile and parallel and _worth_a_thread(rgb.size):
+        thumbnail_job = _pool().submit(_resize, rgb, (side, side))
+    resized = _resize(rgb, (grid_w, grid_h))
+    if one_tile:
         thumbnail = resized
     elif thumbnail_job is not None:
         thumbnail = thumbnail_job.result()
     else:
-        thumbnail = rgb.resize((side, side), Image.Resampling.BICUBIC)
-    # Tiles sit on whole pixels of the resized image, so slicing its array equals PIL's crop; each tile is
-    # already S x S, where torchvision's Resize((S, S)) is a no-op copy.
-    grid_pixels = np.asarray(resized)  # (rows*S, cols*S, 3) uint8
-    pixels = np.empty((rows * cols + 1, side, side, 3), dtype=np.uint8)  # (k+1, S, S, 3)
-    pixels[:-1] = grid_pixels.reshape(rows, side, cols, side, 3).transpose(0, 2, 1, 3, 4).reshape(-1, side, side, 3)
-    pixels[-1] = np.asarray(thumbnail)
-    positions = [((col + 0.5) / cols, (row + 0.5) / rows) for row in range(rows) for col in range(cols)]
-    positions.append((0.5, 0.5))
-    digest = hashlib.blake2b(pixels.data, digest_size=20)
-    digest.update(f"{cols}x{rows}".encode())
-    return AnyResCrops(
-        pixel_values=_normalise(pixels, config),
-        patch_positions=torch.tensor(positions, dtype=torch.float32),  # (k+1, 2)
-        grid=(cols, rows),
-        image_size=rgb.size,
-        content_hash=digest.hexdigest(),
-    )
+        thumbnail = _resize(rgb, (side, side))
+    return _assemble(rgb, resized, thumbnail, config)

@@ -102,12 +102,12 @@ def decode(
     (the prompt, or the sampled ``<img>``) together with its ``</img>``, and no forward is spent on the
     final token once the budget is used up.
     """
-    from transformers import DynamicCache
+    from seedx_agent.kv_layers import new_kv_cache
 
     model, head = lvlm.backbone, lvlm.lm_head
     embed = lvlm.llm.get_input_embeddings()
     device = inputs_embeds.device
-    cache = cache if cache is not None else DynamicCache(config=lvlm.llm.config)
+    cache = cache if cache is not None else new_kv_cache(lvlm.llm.config)
     generator = None
     if options.do_sample:
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())

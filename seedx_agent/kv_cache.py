@@ -8,8 +8,9 @@ the text after the image.
 
 The uncached path splits the prompt at the same place, so the cached path feeds the model exactly the
 same tensors and its outputs are bit-identical (pinned by tests/test_kv_cache.py). Stored tensors are
-never modified: a ``DynamicLayer`` grows by ``torch.cat`` into new tensors, so a hit hands out fresh
-layer objects that share the stored tensors (no copy).
+never modified: a ``DynamicLayer`` grows by ``torch.cat`` into new tensors and a ``GrowingLayer``
+(``seedx_agent.kv_layers``) copy re-allocates before writing, so a hit hands out fresh layer objects that
+share the stored tensors (no copy).
 """
 
 from __future__ import annotations
@@ -71,19 +72,31 @@ def cache_nbytes(cache: object) -> int:
     return total
 
 
-def share_cache(cache: object) -> object:
+def share_cache(cache: object, *, compact: bool = False) -> object:
     """A new cache object over the same KV tensors; growing it leaves ``cache`` untouched.
 
-    ``DynamicLayer.update`` replaces its tensors by ``torch.cat`` results, so sharing is safe for it;
-    any other layer type (sliding windows, quantised, offloaded) is deep-copied instead.
+    ``DynamicLayer.update`` replaces its tensors by ``torch.cat`` results, and a ``GrowingLayer`` copy owns
+    no buffer (it re-allocates before its first write), so sharing is safe for both. ``compact`` gives
+    ``GrowingLayer`` copies exact-size tensors of their own, so a long-lived snapshot does not pin the
+    original's spare capacity. Any other layer type (sliding windows, quantised, offloaded) is deep-copied.
     """
     from transformers.cache_utils import DynamicLayer
 
+    from seedx_agent.kv_layers import GrowingLayer
+
+    def copy_layer(layer: object) -> object:
+        if type(layer) is DynamicLayer:
+            return copy.copy(layer)
+        if type(layer) is GrowingLayer:
+            shared = copy.copy(layer)
+            shared.release()
+            if compact and shared.is_initialized:
+                shared.keys, shared.values = shared.keys.clone(), shared.values.clone()
+            return shared
+        return copy.deepcopy(layer)
+
     shared = copy.copy(cache)
-    shared.layers = [  # type: ignore[attr-defined]
-        copy.copy(layer) if type(layer) is DynamicLayer else copy.deepcopy(layer)
-        for layer in cache.layers  # type: ignore[attr-defined]
-    ]
+    shared.layers = [copy_layer(layer) for layer in cache.layers]  # type: ignore[attr-defined]
     return shared
 
 
@@ -143,7 +156,7 @@ class PrefixKVCache:
         size = cache_nbytes(cache)
         if size > self._max_bytes:
             return False
-        snapshot = share_cache(cache)
+        snapshot = share_cache(cache, compact=True)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:

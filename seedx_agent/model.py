@@ -299,7 +299,7 @@ class SeedX:
             )
         # Split after the last image placeholder: that prefix's KV is what the prefix cache stores. The
         # uncached path splits at the same place, so both feed identical tensors and agree bit for bit.
-        from transformers import DynamicCache
+        from seedx_agent.kv_layers import new_kv_cache
 
         split = max(i for i, flag in enumerate(cmp_mask) if flag) + 1
         cache_store = self.prefix_cache
@@ -313,7 +313,7 @@ class SeedX:
             kv = cache_store.get(key)
         if kv is None:
             embeds = embed_prompt()
-            kv = DynamicCache(config=lvlm.llm.config)
+            kv = new_kv_cache(lvlm.llm.config)
             lvlm.backbone(inputs_embeds=embeds[:, :split], cache=kv, use_cache=True)
             if key is not None:
                 cache_store.put(key, kv)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from seedx_agent.miniature import world
@@ -40,7 +40,15 @@ from seedx_agent.tool_protocol import (
     wrap_tool_output,
 )
 
-__all__ = ["DIALOG_KINDS", "SEEDX_TOOL_SPECS", "ToolDialog", "random_dialog", "random_image_id"]
+__all__ = [
+    "DIALOG_KINDS",
+    "SEEDX_TOOL_SPECS",
+    "ToolDialog",
+    "random_dialog",
+    "random_image_id",
+    "scramble_free_text",
+    "scrambled_text",
+]
 
 
 def _spec(name: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -179,6 +187,33 @@ DIALOG_KINDS: dict[str, Callable[[random.Random], ToolDialog]] = {
 }
 
 
-def random_dialog(rng: random.Random) -> ToolDialog:
-    """A dialog of a uniformly drawn kind."""
-    return DIALOG_KINDS[rng.choice(list(DIALOG_KINDS))](rng)
+# The argument a request's free text goes into, per dialog kind (describe asks a fixed question).
+_FREE_ARGUMENT = {"vqa": "question", "ground": "phrase", "edit": "instruction", "generate": "prompt", "recall": "query"}
+_SCRAMBLE_WORDS = tuple(word for word in world.VOCABULARY if word.isalpha())
+
+
+def scrambled_text(rng: random.Random, *, min_words: int = 2, max_words: int = 8) -> str:
+    """Random world words in random order: text no prior can predict, so only copying reproduces it."""
+    return " ".join(rng.choice(_SCRAMBLE_WORDS) for _ in range(rng.randint(min_words, max_words)))
+
+
+def scramble_free_text(dialog: ToolDialog, rng: random.Random) -> ToolDialog:
+    """``dialog`` with the texts the planner must copy replaced by ``scrambled_text``: the request's free text
+    (everywhere it is echoed: request, call, result, answer) and, where the answer repeats the tool's content
+    (describe, VQA), that content. A world phrase can be half-guessed from the world's grammar; a scrambled one
+    only by copying, which is the skill the planner lacks (it wrote plausible phrases of its own instead)."""
+    request, args, result, answer = dialog.request, dict(dialog.args), dialog.result, dialog.answer
+    name = _FREE_ARGUMENT.get(dialog.kind)
+    if name is not None:
+        old, new = args[name], scrambled_text(rng)
+        request, result, answer = (text.replace(old, new) for text in (request, result, answer))
+        args[name] = new
+    if dialog.kind in ("describe", "vqa"):
+        result = answer = scrambled_text(rng, min_words=1)
+    return replace(dialog, request=request, args=args, result=result, answer=answer)
+
+
+def random_dialog(rng: random.Random, *, scramble: float = 0.0) -> ToolDialog:
+    """A dialog of a uniformly drawn kind; a ``scramble`` share has its free text scrambled (copy drills)."""
+    dialog = DIALOG_KINDS[rng.choice(list(DIALOG_KINDS))](rng)
+    return scramble_free_text(dialog, rng) if rng.random() < scramble else dialog

@@ -130,11 +130,19 @@ class WorldData:
         return [self.example(task, rng, style=style) for task in tasks]
 
     def agent_examples(
-        self, step: int, n_dialogs: int, n_tasks: int, *, task_every: int = 3, call_only: float = 0.6
+        self,
+        step: int,
+        n_dialogs: int,
+        n_tasks: int,
+        *,
+        task_every: int = 3,
+        call_only: float = 0.6,
+        scramble: float = 0.4,
     ) -> list[TrainingExample]:
         """Agent tuning: every ``task_every``-th step is the instruction-tuning mixture (``n_tasks`` examples,
         so the tasks are not forgotten), the other steps ``n_dialogs`` tool dialogs (``tool_dialogs``), a
-        ``call_only`` share of them ending at the call (shorter, and the call is the planner's main job).
+        ``call_only`` share of them ending at the call (shorter, and the call is the planner's main job), a
+        ``scramble`` share with scrambled free text (``tool_dialogs.scramble_free_text``: copy drills).
         Each batch is one kind, so short task examples are not padded to dialog length."""
         if step % task_every == task_every - 1:
             return self.lvlm_examples(step, n_tasks, style="seed-x-i")
@@ -143,7 +151,7 @@ class WorldData:
             chat_example(
                 self.tokenizer,
                 self.config,
-                random_dialog(rng).conversation(through_answer=rng.random() >= call_only),
+                random_dialog(rng, scramble=scramble).conversation(through_answer=rng.random() >= call_only),
                 max_length=self.config.llm.max_position_embeddings,
             )
             for _ in range(n_dialogs)
