@@ -25,7 +25,7 @@ from seedx_agent.model import SeedX
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tool_protocol import IdAliases, tool_specs_text
 from seedx_agent.training.examples import IGNORE_INDEX, chat_example
-from seedx_agent.training.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog
+from seedx_agent.training.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog, scramble_free_text
 from seedx_agent.training.world_data import WorldData
 
 NAMESPACE = "user:test/thread:agent"
@@ -65,12 +65,15 @@ def _messages(dialog: ToolDialog, call_id: str, through_answer: bool) -> list:
 
 @pytest.mark.parametrize("kind", sorted(DIALOG_KINDS))
 @pytest.mark.parametrize("through_answer", [False, True])
+@pytest.mark.parametrize("scrambled", [False, True])
 def test_training_dialog_equals_the_rendered_agent_prompt(
-    kind: str, through_answer: bool, memory: ImageMemory, bound_specs: list[dict]
+    kind: str, through_answer: bool, scrambled: bool, memory: ImageMemory, bound_specs: list[dict]
 ) -> None:
     tok = SeedXTokenizer.tiny()
     config = SeedXConfig.from_preset("mini")
     dialog = DIALOG_KINDS[kind](random.Random(11))
+    if scrambled:  # copy drills go through the same rendering
+        dialog = scramble_free_text(dialog, random.Random(5))
     conversation = dialog.conversation(through_answer=through_answer)
     call_id = conversation[2].split("call_id=")[1].split()[0] if through_answer else "call_x"
     turns = render_messages(
@@ -108,3 +111,26 @@ def test_agent_batches_alternate_and_fit_the_context() -> None:
     assert any(e.pixel_values.shape[0] > 0 for e in tasks)
     assert max(len(e) for e in dialogs) <= config.llm.max_position_embeddings
     assert [e.input_ids for e in data.agent_examples(0, 6, 5)] == [e.input_ids for e in dialogs]  # deterministic
+
+
+@pytest.mark.parametrize("kind", sorted(DIALOG_KINDS))
+def test_scrambled_dialogs_echo_one_new_text_everywhere(kind: str) -> None:
+    for seed in range(20):
+        dialog = DIALOG_KINDS[kind](random.Random(seed))
+        drill = scramble_free_text(dialog, random.Random(seed + 100))
+        assert (drill.kind, drill.tool) == (dialog.kind, dialog.tool)
+        assert set(drill.args) == set(dialog.args)
+        changed = [name for name in dialog.args if drill.args[name] != dialog.args[name]]
+        if kind == "describe":  # fixed question; the caption the answer repeats is scrambled instead
+            assert changed == [] and drill.result == drill.answer != dialog.result
+            continue
+        (name,) = changed  # exactly the free-text argument, the ids stay
+        text = drill.args[name]
+        assert text in drill.request and dialog.args[name] not in drill.request.replace(text, "")
+        assert all(word.isalpha() for word in text.split()) and 2 <= len(text.split()) <= 8
+        if kind in ("ground", "edit", "generate", "recall"):  # results quote the caller's words
+            assert repr(text) in drill.result
+        if kind == "vqa":
+            assert drill.result == drill.answer
+        if kind == "ground" and "Found" in dialog.answer:
+            assert drill.answer.startswith(f"Found {text} at ")
