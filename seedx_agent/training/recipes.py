@@ -398,6 +398,7 @@ class MiniSchedule:
     detok_batch: int = 16
     lvlm_batch: int = 16
     agent_batch: int = 8
+    agent_scramble: float = 0.0  # share of copy-drill dialogs (WorldData.agent_examples); 0.4 did not help
     seed: int = 0
 
     def scaled(self, factor: float) -> MiniSchedule:
@@ -584,7 +585,9 @@ def run_mini(
         result = lvlm_sft(
             lvlm,
             parts.vision,
-            lambda step: data.agent_examples(step, schedule.agent_batch, schedule.lvlm_batch),
+            lambda step: data.agent_examples(
+                step, schedule.agent_batch, schedule.lvlm_batch, scramble=schedule.agent_scramble
+            ),
             out / "lvlm-agent",
             loop(schedule.agent_steps, 2e-3, 30),
             lora=MINI_LORA,
