@@ -273,9 +273,10 @@ def preprocess_batch(
         return [preprocess(image, config, grids) for image in rgbs]
     side = config.image_size
     candidates = parse_grids(grids, side)
-    targets = [(select_grid(rgb.size, candidates), (side, side)) for rgb in rgbs]
-    resizes = [(index, which, size) for index, sizes in enumerate(targets) for which, size in enumerate(sizes)]
-    resizes = [item for item in resizes if not (item[1] == 1 and targets[item[0]][0] == (side, side))]
+    grid_sizes = [select_grid(rgb.size, candidates) for rgb in rgbs]
+    # (image index, 0: grid / 1: thumbnail, size); a 1x1 grid's resize is also its thumbnail
+    resizes = [(index, 0, size) for index, size in enumerate(grid_sizes)]
+    resizes += [(index, 1, (side, side)) for index, size in enumerate(grid_sizes) if size != (side, side)]
     pixels_in = [rgb.width * rgb.height for rgb in rgbs]
     resizes.sort(key=lambda item: -(pixels_in[item[0]] + item[2][0] * item[2][1]))
     pool = _pool()

@@ -59,3 +59,16 @@ def _torch_threads() -> None:
     import torch
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="module")
+def memory(engine, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An ``ImageMemory`` over the module's ``engine`` fixture (ViT embeddings), in a fresh folder per module.
+
+    Modules that use it define ``engine``; ``tests/memory`` and the story/slides tests define their own."""
+    from seedx_agent.memory import ImageMemory
+    from seedx_agent.tools import memory_image_embedder
+
+    root = tmp_path_factory.mktemp("memory") / "memory"
+    with ImageMemory.open(root, image_embedder=memory_image_embedder(engine)) as opened:
+        yield opened

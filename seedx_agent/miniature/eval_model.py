@@ -114,7 +114,8 @@ def _call_of(text: str) -> tuple[str, dict[str, Any]] | None:
 
 def _run_agent(model: Any, dialog: ToolDialog) -> dict[str, Any]:
     """Planner step 1 (request -> tool call) and step 2 (tool result -> answer), each from the true context."""
-    call_turns, answer_turns = dialog.conversation(through_answer=False), dialog.conversation(through_answer=True)
+    answer_turns = dialog.conversation(through_answer=True)
+    call_turns = answer_turns[:2]  # request, call: the same texts (and handles) as conversation(through_answer=False)
     call = _planner_turn(model, call_turns[:-1])
     answer = _planner_turn(model, answer_turns[:-1])
     call_ok = _call_of(call) == _call_of(call_turns[-1])  # ids as the #N handles the model sees

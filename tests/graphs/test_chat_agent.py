@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from seedx_agent.graphs.chat_agent import (
 )
 from seedx_agent.graphs.scripted import LAST_IMAGE_ID, ScriptedPlanner, ScriptExhaustedError
 from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import make_seedx_tools, memory_image_embedder
+from seedx_agent.tools import make_seedx_tools
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError
@@ -37,13 +36,6 @@ def turn(*calls: tuple[str, dict[str, Any]], content: str = "") -> AIMessage:
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
     return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    opened = ImageMemory.open(tmp_path_factory.mktemp("chat") / "memory", image_embedder=memory_image_embedder(engine))
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,12 @@ Free-text arguments (phrase, instruction, query) are not asserted: the miniature
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from seedx_agent.graphs.chat_agent import create_chat_agent, seedx_agent_options, seedx_planner
 from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import ChatSeedX, make_seedx_tools, memory_image_embedder
+from seedx_agent.tools import ChatSeedX, make_seedx_tools
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.miniature import world
@@ -32,14 +30,6 @@ SCENE = world.Scene(
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
     return SeedXEngine(SeedX.load("mini", variants=("seed-x-i", "seed-x-edit")))
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    path = tmp_path_factory.mktemp("mini-planner") / "memory"
-    opened = ImageMemory.open(path, image_embedder=memory_image_embedder(engine))
-    yield opened
-    opened.close()
 
 
 def _turn(graph, config: dict, request: str) -> tuple[AIMessage, ToolMessage, AIMessage]:

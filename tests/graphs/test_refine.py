@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from seedx_agent.graphs.refine import create_refine_graph, edit_instruction, parse_request, position_of_box
 from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import memory_image_embedder
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError, InvalidPromptError
@@ -24,14 +22,6 @@ REQUEST = "a red circle at the top left"
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
     return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    root = tmp_path_factory.mktemp("refine") / "memory"
-    opened = ImageMemory.open(root, image_embedder=memory_image_embedder(engine))
-    yield opened
-    opened.close()
 
 
 # ---------------------------------------------------------------------------------------------- parsing and geometry

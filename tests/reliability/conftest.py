@@ -1,8 +1,7 @@
-"""Shared fixtures of the reliability tests: one tiny-random engine, a memory and the tools over them."""
+"""Shared fixtures of the reliability tests: one tiny-random engine and the tools over it (the memory comes from
+tests/conftest.py)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from langchain_core.tools import BaseTool
 from PIL import Image
 from reliability_helpers import NAMESPACE
 from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import make_seedx_tools, memory_image_embedder
+from seedx_agent.tools import make_seedx_tools
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.model import SeedX
@@ -25,15 +24,6 @@ def tiny_model() -> SeedX:
 @pytest.fixture(scope="session")
 def engine(tiny_model: SeedX) -> SeedXEngine:
     return SeedXEngine(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    opened = ImageMemory.open(
-        tmp_path_factory.mktemp("reliability") / "memory", image_embedder=memory_image_embedder(engine)
-    )
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ LangChain messages the chat agent holds (request, AI tool call, wrapped tool res
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from seedx_agent.graphs.chat_agent import mark_tool_output
 from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import make_seedx_tools, memory_image_embedder, parse_tool_calls
+from seedx_agent.tools import make_seedx_tools, parse_tool_calls
 from seedx_agent.tools.chat_model import render_messages
 
 from seedx_agent import prompts
@@ -34,14 +33,6 @@ NAMESPACE = "user:test/thread:agent"
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
     return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i",)))
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    path = tmp_path_factory.mktemp("agent") / "memory"
-    opened = ImageMemory.open(path, image_embedder=memory_image_embedder(engine))
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import io
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from langchain_core.tools import tool
 from PIL import Image
 from pydantic import ValidationError
 from seedx_agent.memory import ImageMemory, InvalidImageIdError, UnknownImageError
-from seedx_agent.tools import ChatSeedX, UnsupportedContentError, memory_image_embedder, parse_tool_calls
+from seedx_agent.tools import ChatSeedX, UnsupportedContentError, parse_tool_calls
 from seedx_agent.tools.chat_model import (
     TOOL_RESULT_END,
     TOOL_RESULT_NOTE,
@@ -43,13 +42,6 @@ RED = (200, 30, 30)
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
     return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i",)))
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    opened = ImageMemory.open(tmp_path_factory.mktemp("chat") / "memory", image_embedder=memory_image_embedder(engine))
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,13 +25,6 @@ NAMESPACE = "user:test/thread:1"
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
     return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
-
-
-@pytest.fixture(scope="module")
-def memory(engine: SeedXEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageMemory]:
-    opened = ImageMemory.open(tmp_path_factory.mktemp("tools") / "memory", image_embedder=memory_image_embedder(engine))
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")
