@@ -33,6 +33,7 @@ from seedx_agent import prompts
 from seedx_agent.anyres import parse_grids, preprocess, preprocess_batch, select_grid
 from seedx_agent.components import build_components
 from seedx_agent.config import AnyResConfig, LLMConfig, LVLMConfig, QwenResamplerConfig, SeedXConfig, VisionConfig
+from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
 from seedx_agent.decoding import GenerationOptions, decode
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.model import SeedX
@@ -161,7 +162,7 @@ def build_model(config_name: str) -> SeedX:
     return SeedX(parts)
 
 
-def bench_t2i_stage(model: SeedX, config_name: str, runs: int) -> float:
+def bench_t2i_stage(model: SeedX, config_name: str, runs: int, kernel: str = "torch") -> float:
     """Section 1b: prompt text -> regressed features, both paths; features must agree in fp32."""
     base, ours = baseline_t2i_stage(model, CAPTION), ours_t2i_stage(model, CAPTION)
     max_diff = float((base - ours).abs().max())
@@ -171,7 +172,7 @@ def bench_t2i_stage(model: SeedX, config_name: str, runs: int) -> float:
     times = time_alternating(
         {"baseline": lambda: baseline_t2i_stage(model, CAPTION), "ours": lambda: ours_t2i_stage(model, CAPTION)}, runs
     )
-    return report(f"whole LLM stage of a t2i turn, config {config_name}", times)
+    return report(f"whole LLM stage of a t2i turn, config {config_name}, {kernel} linear", times)
 
 
 # -- second question about the same image: time to first token --------------------------------------------------
@@ -184,7 +185,7 @@ def time_to_first_token(model: SeedX, image: PIL.Image.Image, question: str, *, 
     return first[0] - start, result.token_ids[0]
 
 
-def bench_second_question(model: SeedX, config_name: str, runs: int, image_side: int) -> float:
+def bench_second_question(model: SeedX, config_name: str, runs: int, image_side: int, kernel: str = "torch") -> float:
     """Section 3: first token of follow-up questions, re-encoding vs the prefix KV cache; answers equal."""
     image = make_images(1, seed=1)[0].resize((image_side * 2, image_side))  # a 2x1 grid: 3 crops
     questions = [f"Question {i}: what is in the picture?" for i in range(runs + 1)]
@@ -206,7 +207,7 @@ def bench_second_question(model: SeedX, config_name: str, runs: int, image_side:
         for name, cached in (("baseline", False), ("ours", True)):
             ttft[name].append(time_to_first_token(model, image, questions[index], cached=cached)[0])
     print(f"prefix cache: {model.prefix_cache.stats}")
-    return report(f"time to first token of a second question, config {config_name}", ttft)
+    return report(f"time to first token of a second question, config {config_name}, {kernel} linear", ttft)
 
 
 # -- timing helpers -------------------------------------------------------------------------------------------
@@ -237,14 +238,15 @@ def report(section: str, times: dict[str, list[float]]) -> float:
     return ratio
 
 
-def bench_image_tokens(config_name: str, runs: int) -> float:
-    """Section 1: both paths on one model; checks the image hidden states agree in fp32."""
+def bench_image_tokens(config_name: str, runs: int, kernel: str = "torch") -> float:
+    """Section 1: both paths on one model (both with ``kernel``'s linears); the image states must agree in fp32."""
     tokenizer = SeedXTokenizer.tiny()
     config = build_config(config_name, vocab_size=len(tokenizer))
     if config.llm.vocab_size != len(tokenizer):
         raise ValueError(f"vocab_size {config.llm.vocab_size} != tokenizer size {len(tokenizer)}")
     torch.manual_seed(0)
     lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
+    use_linear_kernel(lvlm, kernel)
     ids = TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens)
     prompt_ids = tokenizer.encode(CAPTION + BOI, add_bos=True)
     if prompt_ids[-1] != ids.boi:
@@ -270,7 +272,7 @@ def bench_image_tokens(config_name: str, runs: int) -> float:
         },
         runs,
     )
-    return report(f"image-token phase, config {config_name}", times)
+    return report(f"image-token phase, config {config_name}, {kernel} linear", times)
 
 
 # -- any-res preprocessing -------------------------------------------------------------------------------------
@@ -350,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", choices=("tiny", "mid"), default="tiny")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per path (alternating)")
     parser.add_argument("--smoke", action="store_true", help="1 run each, tiny config and tiny images (CI)")
+    parser.add_argument(
+        "--linear-kernel",
+        choices=("torch", "onednn", "both"),
+        default="both",
+        help="linears of both paths: torch's F.linear (MKL), oneDNN (seedx_agent.cpu_linear), or each in turn",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
@@ -358,10 +366,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_name, runs = ("tiny", 1) if args.smoke else (args.config, args.runs)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
-    bench_image_tokens(config_name, runs)
+    kernels = ("torch", "onednn") if args.linear_kernel == "both" else (args.linear_kernel,)
+    if not onednn_linear_available():
+        print("this torch build has no oneDNN linear: torch kernels only")
+        kernels = ("torch",)
+    # Small layers keep F.linear under "onednn" (ONEDNN_MIN_WEIGHT_ELEMENTS); the tiny config has none above it.
+    for kernel in kernels:
+        bench_image_tokens(config_name, runs, kernel)
     model = build_model(config_name)
-    bench_t2i_stage(model, config_name, runs)
-    bench_second_question(model, config_name, runs, image_side=model.config.vision.image_size)
+    for kernel in kernels:
+        model.set_linear_kernel(kernel)
+        bench_t2i_stage(model, config_name, runs, kernel)
+        bench_second_question(model, config_name, runs, image_side=model.config.vision.image_size, kernel=kernel)
     # Any-res at the official 448 px unless smoke (then the tiny 56 px vision config).
     vision = SeedXConfig.from_preset("tiny-random").vision if args.smoke else VisionConfig()
     bench_anyres(vision, runs)

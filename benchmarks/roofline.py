@@ -1,10 +1,12 @@
 """Roofline: this machine's memory bandwidth and fp32 GEMM throughput, and how close LLM decoding gets.
 
 Measures (best of ``--runs``): bandwidth of a large tensor copy (read + write bytes) and sum (read
-bytes); fp32 GEMM GFLOP/s. Then, for a mid-size LLaMA (random weights, fp32), decode tokens/s against
-the bandwidth bound (every non-embedding weight byte read once per token), with our in-place KV cache
-(``seedx_agent.kv_layers``, what ``decoding.decode`` uses) and with transformers' ``DynamicCache``, and
-prefill FLOP/s against the GEMM peak (2 x non-embedding params FLOPs per token, attention ignored).
+bytes); fp32 GEMM GFLOP/s with MKL and with oneDNN. Then, for a mid-size LLaMA (random weights, fp32),
+decode tokens/s against the bandwidth bound (every non-embedding weight byte read once per token):
+transformers' decoding (``DynamicCache`` + ``forward``) and ours (in-place KV cache and lean one-token
+step, ``seedx_agent.kv_layers`` and ``seedx_agent.decode_step``, as ``decoding.decode`` runs), with torch's
+``F.linear`` (MKL) and with oneDNN linears (``seedx_agent.cpu_linear``); and prefill FLOP/s against the
+GEMM peak (the faster kernel; 2 x non-embedding params FLOPs per token, attention ignored).
 
 Run from the repository root: ``python -m benchmarks.roofline --layers 8 --hidden 1024``.
 """
@@ -41,18 +43,31 @@ def measure_bandwidth(megabytes: int, runs: int) -> dict[str, float]:
     return {"copy": 2 * nbytes / copy_s / 1e9, "sum": nbytes / sum_s / 1e9}
 
 
-def measure_gemm(size: int, runs: int) -> float:
-    """GFLOP/s of an fp32 (size x size) @ (size x size) matmul."""
+def measure_gemm(size: int, runs: int) -> dict[str, float]:
+    """GFLOP/s of an fp32 (size x size) @ (size x size) matmul with torch's BLAS and with oneDNN."""
+    from seedx_agent.cpu_linear import onednn_linear_available
+
     a, b = torch.rand(size, size), torch.rand(size, size)
-    return 2 * size**3 / best_seconds(lambda: a @ b, runs) / 1e9
+    result = {"torch": 2 * size**3 / best_seconds(lambda: a @ b, runs) / 1e9}
+    if onednn_linear_available():
+        weight = b.t().contiguous()  # linear computes a @ weight.T == a @ b
+        linear = torch.ops.mkldnn._linear_pointwise
+        result["onednn"] = 2 * size**3 / best_seconds(lambda: linear(a, weight, None, "none", [], ""), runs) / 1e9
+    return result
 
 
 @torch.no_grad()
-def measure_llm(layers: int, hidden: int, prompt: int, steps: int, runs: int, vocab: int = 32000) -> dict[str, float]:
-    """Decode tokens/s (with transformers' concatenating ``DynamicCache`` and with our in-place
-    ``new_kv_cache``, alternating) and prefill FLOP/s of a random fp32 LLaMA (LLaMA-2 vocab and MLP ratio)."""
+def measure_llm(
+    layers: int, hidden: int, prompt: int, steps: int, runs: int, vocab: int = 32000
+) -> dict[str, dict[str, float]]:
+    """Decode tokens/s and prefill GFLOP/s of a random fp32 LLaMA (LLaMA-2 vocab and MLP ratio), per setup:
+    transformers' decoding (concatenating ``DynamicCache``, ``forward`` per token) or ours (in-place
+    ``new_kv_cache`` and ``decode_step.lean_step``, as ``decoding.decode`` runs), with torch's or oneDNN's
+    linears. Setups alternate within each run so they see the same machine state."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+    from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
+    from seedx_agent.decode_step import lean_step
     from seedx_agent.kv_layers import new_kv_cache
 
     config = LlamaConfig(
@@ -68,34 +83,48 @@ def measure_llm(layers: int, hidden: int, prompt: int, steps: int, runs: int, vo
     model = LlamaForCausalLM(config).eval()
     weights = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     ids = torch.randint(0, config.vocab_size, (1, prompt))
-    factories = {"DynamicCache": lambda: DynamicCache(config=config), "ours": lambda: new_kv_cache(config)}
+    caches = {"DynamicCache": lambda: DynamicCache(config=config), "in-place KV": lambda: new_kv_cache(config)}
+    kernels = ("torch", "onednn") if onednn_linear_available() else ("torch",)
+    # (label, cache, one-token step, linear kernel); the first is transformers' default decoding.
+    setups = [("DynamicCache + forward", "DynamicCache", "forward", "torch")]
+    setups += [(f"ours (in-place KV + lean step), {k} linear", "in-place KV", "lean", k) for k in kernels]
+    if "onednn" in kernels:
+        setups.insert(1, ("DynamicCache + forward, onednn linear", "DynamicCache", "forward", "onednn"))
 
-    def prefill(factory: Callable[[], object] = factories["DynamicCache"]) -> object:
-        cache = factory()
+    def prefill(cache_name: str = "DynamicCache") -> object:
+        cache = caches[cache_name]()
         model(input_ids=ids, cache=cache, use_cache=True)
         return cache
 
-    def decode_seconds(factory: Callable[[], object]) -> float:
+    def decode_seconds(cache_name: str, step: str) -> float:
         """Per-token seconds of ``steps`` greedy steps after an (untimed) prefill into a fresh cache."""
-        cache, token = prefill(factory), ids[:, -1:]
+        cache, token = prefill(cache_name), ids[:, -1:]
         start = time.perf_counter()
         for _ in range(steps):
-            token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            if step == "lean":
+                hidden = lean_step(model.model, model.model.embed_tokens(token), cache)
+                token = model.lm_head(hidden).argmax(-1)
+            else:
+                token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
         return (time.perf_counter() - start) / steps
 
-    prefill_s = best_seconds(prefill, runs)
-    best = {name: float("inf") for name in factories}
-    for factory in factories.values():  # warm-up
-        decode_seconds(factory)
-    for _ in range(runs):
-        for name, factory in factories.items():
-            best[name] = min(best[name], decode_seconds(factory))
+    prefill_s = {}
+    for kernel in kernels:
+        use_linear_kernel(model, kernel)
+        prefill_s[kernel] = best_seconds(prefill, runs)
+    best = {label: float("inf") for label, *_ in setups}
+    for round_ in range(runs + 1):  # round 0 is the warm-up
+        for label, cache_name, step, kernel in setups:
+            use_linear_kernel(model, kernel)
+            seconds = decode_seconds(cache_name, step)
+            if round_:
+                best[label] = min(best[label], seconds)
+    use_linear_kernel(model, "torch")
     return {
-        "weights": float(weights),
-        "decode_tokens_per_s": 1 / best["ours"],
-        "decode_tokens_per_s_dynamic": 1 / best["DynamicCache"],
-        "prefill_gflops": 2 * weights * prompt / prefill_s / 1e9,
-        "prefill_s": prefill_s,
+        "weights": {"count": float(weights)},
+        "decode_tokens_per_s": {label: 1 / seconds for label, seconds in best.items()},
+        "prefill_gflops": {kernel: 2 * weights * prompt / seconds / 1e9 for kernel, seconds in prefill_s.items()},
+        "prefill_ms": {kernel: seconds * 1e3 for kernel, seconds in prefill_s.items()},
     }
 
 
@@ -123,26 +152,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
     bandwidth = measure_bandwidth(args.megabytes, args.runs)
     gemm = measure_gemm(args.gemm, args.runs)
+    peak = max(gemm.values())
     llm = measure_llm(args.layers, args.hidden, args.prompt, args.steps, args.runs, vocab=1000 if args.smoke else 32000)
-    weight_bytes = llm["weights"] * 4
+    weights = llm["weights"]["count"]
+    weight_bytes = weights * 4
     bound = bandwidth["copy"] * 1e9 / weight_bytes
     print("\n## roofline")
     print("| quantity | measured | bound | fraction of bound |")
     print("|---|---:|---:|---:|")
     print(f"| memory bandwidth, copy ({args.megabytes} MiB fp32) | {bandwidth['copy']:.1f} GB/s | | |")
     print(f"| memory bandwidth, sum | {bandwidth['sum']:.1f} GB/s | | |")
-    print(f"| fp32 GEMM {args.gemm}^3 | {gemm:.1f} GFLOP/s | | |")
-    model = f"{args.layers} layers x {args.hidden} ({llm['weights'] / 1e6:.1f}M non-embedding params, "
+    for kernel, gflops in gemm.items():
+        print(f"| fp32 GEMM {args.gemm}^3, {kernel} | {gflops:.1f} GFLOP/s | | |")
+    model = f"{args.layers} layers x {args.hidden} ({weights / 1e6:.1f}M non-embedding params, "
     model += f"{weight_bytes / 2**20:.0f} MiB), {args.prompt}-token prompt"
-    for label, key in (("ours (in-place KV)", "decode_tokens_per_s"), ("DynamicCache", "decode_tokens_per_s_dynamic")):
+    for setup, tokens_per_s in llm["decode_tokens_per_s"].items():
         print(
-            f"| decode, {model}, {label} | {llm[key]:.1f} tok/s | {bound:.1f} tok/s "
-            f"(copy bandwidth / weight bytes) | {llm[key] / bound:.2f} |"
+            f"| decode, {model}, {setup} | {tokens_per_s:.1f} tok/s | {bound:.1f} tok/s "
+            f"(copy bandwidth / weight bytes) | {tokens_per_s / bound:.2f} |"
         )
-    print(
-        f"| prefill, {args.prompt} tokens ({llm['prefill_s'] * 1e3:.0f} ms) | {llm['prefill_gflops']:.1f} GFLOP/s "
-        f"| {gemm:.1f} GFLOP/s (GEMM) | {llm['prefill_gflops'] / gemm:.2f} |"
-    )
+    for kernel, gflops in llm["prefill_gflops"].items():
+        print(
+            f"| prefill, {args.prompt} tokens, {kernel} linear ({llm['prefill_ms'][kernel]:.0f} ms) | "
+            f"{gflops:.1f} GFLOP/s | {peak:.1f} GFLOP/s (best GEMM) | {gflops / peak:.2f} |"
+        )
     return 0
 
 

@@ -1,0 +1,101 @@
+"""lean_step: the one-token walk through a LLaMA stack is bit-identical to LlamaModel.forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from seedx_agent.config import SeedXConfig
+from seedx_agent.decode_step import lean_step, lean_step_supported
+from seedx_agent.decoding import GenerationOptions, decode
+from seedx_agent.kv_layers import new_kv_cache
+from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.tokens import TokenIds
+
+CONFIG = LlamaConfig(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,  # grouped-query attention: the SDPA path packs or repeats KV heads
+    max_position_embeddings=256,
+)
+
+
+@pytest.fixture(scope="module")
+def llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(CONFIG).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("batch", [1, 2])
+def test_steps_equal_the_forward_bit_for_bit(llama: LlamaForCausalLM, batch: int) -> None:
+    backbone = llama.model
+    assert lean_step_supported(backbone)
+    prompt = torch.randint(0, CONFIG.vocab_size, (batch, 9), generator=torch.Generator().manual_seed(1))
+    caches = [new_kv_cache(CONFIG), new_kv_cache(CONFIG)]
+    for cache in caches:
+        backbone(input_ids=prompt, cache=cache, use_cache=True)
+    token = prompt[:, -1:]
+    for _ in range(12):
+        embeds = backbone.embed_tokens(token)  # (batch, 1, hidden)
+        reference = backbone(inputs_embeds=embeds, cache=caches[0], use_cache=True).last_hidden_state
+        ours = lean_step(backbone, embeds, caches[1])
+        assert ours.shape == reference.shape == (batch, 1, CONFIG.hidden_size)
+        assert torch.equal(ours, reference)
+        token = llama.lm_head(ours).argmax(-1)  # (batch, 1)
+    for layer in range(CONFIG.num_hidden_layers):  # the caches hold the same keys and values afterwards
+        assert torch.equal(caches[0].layers[layer].keys, caches[1].layers[layer].keys)
+        assert torch.equal(caches[0].layers[layer].values, caches[1].layers[layer].values)
+    assert caches[1].get_seq_length() == 9 + 12
+
+
+def test_rejects_more_than_one_position(llama: LlamaForCausalLM) -> None:
+    with pytest.raises(ValueError, match="one position"):
+        lean_step(llama.model, torch.zeros(1, 2, CONFIG.hidden_size), new_kv_cache(CONFIG))
+
+
+def test_hooks_training_and_other_attention_fall_back(llama: LlamaForCausalLM) -> None:
+    backbone = llama.model
+    handle = backbone.layers[1].register_forward_hook(lambda module, args, output: None)
+    assert not lean_step_supported(backbone)  # the walk would skip a layer-level hook
+    handle.remove()
+    handle = backbone.layers[0].self_attn.register_forward_pre_hook(lambda module, args: None)
+    assert not lean_step_supported(backbone)
+    handle.remove()
+    handle = backbone.layers[0].mlp.register_forward_hook(lambda module, args, output: None)
+    assert lean_step_supported(backbone)  # submodule hooks still run: the walk calls the MLP as a module
+    handle.remove()
+    backbone.train()
+    assert not lean_step_supported(backbone)
+    backbone.eval()
+    eager = LlamaForCausalLM(LlamaConfig(**{**CONFIG.to_dict(), "_attn_implementation": "eager"})).eval()
+    assert not lean_step_supported(eager.model)
+    assert not lean_step_supported(torch.nn.Linear(2, 2))
+
+
+@torch.no_grad()
+def test_decode_is_identical_with_either_step() -> None:
+    """decode(): the same tokens, image states and final KV with the lean step and with LlamaModel.forward."""
+    config = SeedXConfig.from_preset("tiny-random")
+    torch.manual_seed(0)
+    lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
+    tokenizer = SeedXTokenizer.tiny()
+    ids = TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens)
+    prompt = tokenizer.encode("draw a red circle and describe it", add_bos=True)
+    embeds = lvlm.inputs_embeds(torch.tensor([prompt]))
+    runs = {}
+    for step in ("lean", "transformers"):
+        options = GenerationOptions(max_new_tokens=40, decode_step=step, do_sample=True, seed=3, top_k=5)
+        runs[step] = decode(lvlm, ids, inputs_embeds=embeds, last_prompt_token=prompt[-1], options=options)
+    lean, reference = runs["lean"], runs["transformers"]
+    assert len(lean.token_ids) > 1 and lean.token_ids == reference.token_ids
+    assert len(lean.image_hidden_states) == len(reference.image_hidden_states)
+    for ours, theirs in zip(lean.image_hidden_states, reference.image_hidden_states, strict=True):
+        assert torch.equal(ours, theirs)
+    for ours, theirs in zip(lean.cache.layers, reference.cache.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
