@@ -62,12 +62,12 @@ def measure_llm(
 ) -> dict[str, dict[str, float]]:
     """Decode tokens/s and prefill GFLOP/s of a random fp32 LLaMA (LLaMA-2 vocab and MLP ratio), per setup:
     transformers' decoding (concatenating ``DynamicCache``, ``forward`` per token) or ours (in-place
-    ``new_kv_cache`` and ``decode_step.lean_step``, as ``decoding.decode`` runs), with torch's or oneDNN's
+    ``new_kv_cache`` and ``decode_step.LeanStep``, as ``decoding.decode`` runs), with torch's or oneDNN's
     linears. Setups alternate within each run so they see the same machine state."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
-    from seedx_agent.decode_step import lean_step
+    from seedx_agent.decode_step import LeanStep, fuse_qkv
     from seedx_agent.kv_layers import new_kv_cache
 
     config = LlamaConfig(
@@ -100,14 +100,17 @@ def measure_llm(
         """Per-token seconds of ``steps`` greedy steps after an (untimed) prefill into a fresh cache."""
         cache, token = prefill(cache_name), ids[:, -1:]
         start = time.perf_counter()
+        stepper = LeanStep(model.model) if step == "lean" else None  # built per reply, as decode() does
         for _ in range(steps):
-            if step == "lean":
-                hidden = lean_step(model.model, model.model.embed_tokens(token), cache)
+            if stepper is not None:
+                hidden = stepper(model.model.embed_tokens(token), cache)
                 token = model.lm_head(hidden).argmax(-1)
             else:
                 token = model(input_ids=token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
         return (time.perf_counter() - start) / steps
 
+    if "onednn" in kernels:
+        fuse_qkv(model.model)  # views into one buffer per layer: F.linear reads the same weights as before
     prefill_s = {}
     for kernel in kernels:
         use_linear_kernel(model, kernel)

@@ -32,6 +32,7 @@ __all__ = [
     "LinearKernel",
     "OneDNNLinear",
     "linear_kernel_of",
+    "onednn_linear",
     "onednn_linear_available",
     "resolve_linear_kernel",
     "use_linear_kernel",
@@ -61,22 +62,27 @@ def onednn_linear_available() -> bool:
         return False
 
 
+def onednn_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` computed by oneDNN where that is valid and faster (CPU, fp32, contiguous weight, no autograd
+    graph needed, two or more threads), by ``F.linear`` everywhere else."""
+    if (
+        input.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and input.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.is_contiguous()
+        and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
+        and torch.get_num_threads() > 1
+    ):
+        return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
+    return F.linear(input, weight, bias)
+
+
 class OneDNNLinear(nn.Linear):
     """An ``nn.Linear`` whose inference forward on CPU fp32 runs oneDNN's inner product (module docstring)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if (
-            input.device.type == "cpu"
-            and weight.device.type == "cpu"
-            and input.dtype == torch.float32
-            and weight.dtype == torch.float32
-            and weight.is_contiguous()
-            and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
-            and torch.get_num_threads() > 1
-        ):
-            return torch.ops.mkldnn._linear_pointwise(input, weight, self.bias, "none", [], "")
-        return F.linear(input, weight, self.bias)
+        return onednn_linear(input, self.weight, self.bias)
 
 
 def resolve_linear_kernel(kernel: str) -> Literal["onednn", "torch"]:

@@ -105,11 +105,12 @@ def decode(
     (the prompt, or the sampled ``<img>``) together with its ``</img>``, and no forward is spent on the
     final token once the budget is used up.
     """
-    from seedx_agent.decode_step import lean_step, lean_step_supported
+    from seedx_agent.decode_step import LeanStep, lean_step_supported
     from seedx_agent.kv_layers import new_kv_cache
 
     model, head = lvlm.backbone, lvlm.lm_head
     lean = options.decode_step == "lean" and lean_step_supported(model)
+    stepper: LeanStep | None = None  # built at the first one-token step
     embed = lvlm.llm.get_input_embeddings()
     device = inputs_embeds.device
     cache = cache if cache is not None else new_kv_cache(lvlm.llm.config)
@@ -118,8 +119,10 @@ def decode(
         generator = torch.Generator().manual_seed(options.seed if options.seed is not None else torch.seed())
 
     def run(embeds: torch.Tensor) -> torch.Tensor:
+        nonlocal stepper
         if lean and embeds.shape[1] == 1:
-            return lean_step(model, embeds, cache)  # (1, 1, hidden), bit-identical to the forward below
+            stepper = stepper or LeanStep(model)
+            return stepper(embeds, cache)  # (1, 1, hidden), bit-identical to the forward below
         return model(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state  # (1, n, hidden)
 
     def embed_ids(token_ids: list[int]) -> torch.Tensor:

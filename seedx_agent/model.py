@@ -22,7 +22,14 @@ from seedx_agent import prompts
 from seedx_agent.anyres import AnyResCrops, preprocess, preprocess_batch
 from seedx_agent.components import SeedXComponents, build_components, stage_for_variant
 from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig
-from seedx_agent.cpu_linear import ONEDNN_MIN_WEIGHT_ELEMENTS, LinearKernel, resolve_linear_kernel, use_linear_kernel
+from seedx_agent.cpu_linear import (
+    ONEDNN_MIN_WEIGHT_ELEMENTS,
+    LinearKernel,
+    linear_kernel_of,
+    resolve_linear_kernel,
+    use_linear_kernel,
+)
+from seedx_agent.decode_step import fuse_qkv
 from seedx_agent.decoding import DecodeOutput, GenerationOptions, decode
 from seedx_agent.errors import CapabilityMissingError, CheckpointError, ConfigError, InvalidPromptError
 from seedx_agent.images import load_image
@@ -223,11 +230,17 @@ class SeedX:
         """Run the large ``nn.Linear`` layers of every component through oneDNN on CPU (``"onednn"``, or
         ``"auto"``: when this torch build supports it) or through torch's ``F.linear`` (``"torch"``, the
         reference). Only CPU fp32 inference changes (1.2-1.4x on this kind of machine, fp32 rounding
-        differences only); GPU, bf16 and training always use ``F.linear``. Returns the layers switched."""
-        return sum(
+        differences only); GPU, bf16 and training always use ``F.linear``. With oneDNN the LLMs' q/k/v
+        weights also move into one buffer per layer (``decode_step.fuse_qkv``: views, no extra memory) so a
+        decoding step reads them in one GEMV. Returns the layers switched."""
+        switched = sum(
             use_linear_kernel(module, kernel, min_weight_elements=min_weight_elements)
             for _, module in self.parts.modules()
         )
+        for lvlm in self.parts.lvlms.values():
+            if linear_kernel_of(lvlm.backbone) == "onednn":
+                fuse_qkv(lvlm.backbone)
+        return switched
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write our safetensors layout; ``from_pretrained`` reads it back bit-exactly."""

@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from seedx_agent import decode_step
 from seedx_agent.config import SeedXConfig
-from seedx_agent.decode_step import lean_step, lean_step_supported
+from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
+from seedx_agent.decode_step import LeanStep, fuse_qkv, lean_step, lean_step_supported
 from seedx_agent.decoding import GenerationOptions, decode
 from seedx_agent.kv_layers import new_kv_cache
 from seedx_agent.lvlm import SeedXLVLM
@@ -99,3 +101,89 @@ def test_decode_is_identical_with_either_step() -> None:
         assert torch.equal(ours, theirs)
     for ours, theirs in zip(lean.cache.layers, reference.cache.layers, strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN linear")
+@torch.no_grad()
+def test_fused_qkv_keeps_parameters_and_stays_bit_identical() -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(CONFIG).eval()
+    backbone = model.model
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    params = {name: id(param) for name, param in model.named_parameters()}
+    use_linear_kernel(model, "onednn", min_weight_elements=0)
+    assert fuse_qkv(backbone) == CONFIG.num_hidden_layers
+    assert fuse_qkv(backbone) == CONFIG.num_hidden_layers  # idempotent: already fused
+    block = backbone.layers[0].self_attn
+    storage = block.q_proj.weight.untyped_storage().data_ptr()
+    assert (
+        block.k_proj.weight.untyped_storage().data_ptr() == storage == block.v_proj.weight.untyped_storage().data_ptr()
+    )
+    assert {name: id(param) for name, param in model.named_parameters()} == params  # same Parameter objects
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    assert decode_step._onednn_fused(block) is not None  # the step will fuse
+
+    prompt = torch.randint(0, CONFIG.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
+    caches = [new_kv_cache(CONFIG), new_kv_cache(CONFIG)]
+    for cache in caches:
+        backbone(input_ids=prompt, cache=cache, use_cache=True)
+    token = prompt[:, -1:]
+    for _ in range(6):  # forward calls q/k/v separately; the lean step runs one fused GEMV
+        embeds = backbone.embed_tokens(token)
+        reference = backbone(inputs_embeds=embeds, cache=caches[0], use_cache=True).last_hidden_state
+        ours = lean_step(backbone, embeds, caches[1])
+        assert torch.equal(ours, reference)
+        token = model.lm_head(ours).argmax(-1)
+
+    assert decode_step._onednn_fused(block) is not None
+    model.double()  # casting re-allocates each weight: the views are gone and the step notices
+    assert block.k_proj.weight.untyped_storage().data_ptr() != block.q_proj.weight.untyped_storage().data_ptr()
+    embeds = backbone.embed_tokens(token)
+    caches = [new_kv_cache(CONFIG), new_kv_cache(CONFIG)]
+    reference = backbone(inputs_embeds=embeds, cache=caches[0], use_cache=True).last_hidden_state
+    assert decode_step._onednn_fused(block) is None
+    assert torch.equal(lean_step(backbone, embeds, caches[1]), reference)
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN linear")
+def test_fused_model_saves_and_reloads_exactly(tmp_path) -> None:
+    from seedx_agent.model import SeedX
+
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    reference = {key: value.clone() for key, value in model.parts.lvlms["seed-x-i"].state_dict().items()}
+    assert model.set_linear_kernel("onednn", min_weight_elements=0) > 0
+    block = model.parts.lvlms["seed-x-i"].backbone.layers[0].self_attn
+    assert block.k_proj.weight.untyped_storage().data_ptr() == block.q_proj.weight.untyped_storage().data_ptr()
+    model.save_pretrained(tmp_path / "saved")  # shared storage is cloned for safetensors
+    loaded = SeedX.from_pretrained(tmp_path / "saved", linear_kernel="torch")
+    for key, value in loaded.parts.lvlms["seed-x-i"].state_dict().items():
+        assert torch.equal(value, reference[key]), key
+
+
+@torch.no_grad()
+def test_lora_wrapped_projections_stay_bit_identical() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        LlamaForCausalLM(CONFIG).eval(),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"], init_lora_weights=False),
+    ).eval()
+    backbone = model.get_base_model().model
+    assert lean_step_supported(backbone)
+    stepper = LeanStep(backbone)
+    prompt = torch.randint(0, CONFIG.vocab_size, (1, 5), generator=torch.Generator().manual_seed(4))
+    caches = [new_kv_cache(CONFIG), new_kv_cache(CONFIG)]
+    for cache in caches:
+        backbone(input_ids=prompt, cache=cache, use_cache=True)
+    embeds = backbone.embed_tokens(prompt[:, -1:])
+    for _ in range(3):
+        reference = backbone(inputs_embeds=embeds, cache=caches[0], use_cache=True).last_hidden_state
+        ours = stepper(embeds, caches[1])
+        assert torch.equal(ours, reference)
+        embeds = reference
+
+
+def test_lean_step_refuses_unsupported_modules() -> None:
+    with pytest.raises(ValueError, match="LLaMA stack"):
+        LeanStep(torch.nn.Linear(2, 2))
