@@ -172,6 +172,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         scheduler=args.scheduler,
         progress=not args.quiet,
+        copy_arguments=not args.no_copy_arguments,
     )
     print(report.format_table())
     print(f"{args.n} held-out samples per task, seed {args.seed}, {_since(start)} s")
@@ -259,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--scheduler", default="euler", choices=["euler", "dpm"])
     evaluate.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     evaluate.add_argument("--strict", action="store_true", help="exit 1 when a bar is missed")
+    evaluate.add_argument(
+        "--no-copy-arguments",
+        action="store_true",
+        help="agent task: decode tool calls without the copy constraint (seedx_agent.copy_arguments)",
+    )
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -9,7 +9,7 @@ step per placeholder and keeps every layer's hidden states; the result is the sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,9 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.tokens import TokenIds
 
-__all__ = ["DecodeOutput", "GenerationOptions", "apply_placeholder_mask", "decode", "sample_next_token"]
+__all__ = [
+    "DecodeOutput",
+    "GenerationOptions",
+    "LogitsProcessor",
+    "apply_placeholder_mask",
+    "decode",
+    "sample_next_token",
+]
 
 logger = logging.getLogger(__name__)
+
+# (ids generated so far, (vocab,) float logits of the next token) -> logits to pick from
+LogitsProcessor = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
 
 
 class GenerationOptions(BaseModel):
@@ -96,6 +106,7 @@ def decode(
     options: GenerationOptions,
     cache: object | None = None,
     on_token: Callable[[int], None] | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> DecodeOutput:
     """Decode after a prompt given as embeddings (1, seq, hidden); batch size 1 like the official code.
 
@@ -103,7 +114,8 @@ def decode(
     rest. ``last_prompt_token`` is the id of the prompt's final token (``<img>`` starts an image block).
     Tokens are fed lazily: a forced image block goes into the same forward pass as whatever precedes it
     (the prompt, or the sampled ``<img>``) together with its ``</img>``, and no forward is spent on the
-    final token once the budget is used up.
+    final token once the budget is used up. ``logits_processor`` (if any) adjusts each text token's logits
+    after the placeholder mask; forced image blocks do not consult it.
     """
     from seedx_agent.decode_step import LeanStep, lean_step_supported
     from seedx_agent.kv_layers import new_kv_cache
@@ -165,6 +177,8 @@ def decode(
             hidden_last = run(pending)[:, -1]
             pending = None
         logits = apply_placeholder_mask(head(hidden_last)[0].float(), ids, options.placeholder_mask)
+        if logits_processor is not None:
+            logits = logits_processor(generated, logits)
         if options.require_image and not images:
             room = options.max_new_tokens - len(generated)
             if room <= n_block + 2:  # only an image block (and EOS) still fits

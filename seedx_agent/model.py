@@ -30,7 +30,7 @@ from seedx_agent.cpu_linear import (
     use_linear_kernel,
 )
 from seedx_agent.decode_step import fuse_qkv
-from seedx_agent.decoding import DecodeOutput, GenerationOptions, decode
+from seedx_agent.decoding import DecodeOutput, GenerationOptions, LogitsProcessor, decode
 from seedx_agent.errors import CapabilityMissingError, CheckpointError, ConfigError, InvalidPromptError
 from seedx_agent.images import load_image
 from seedx_agent.kv_cache import PrefixKVCache, crops_fingerprint
@@ -313,6 +313,7 @@ class SeedX:
         crops: Sequence[AnyResCrops],
         options: GenerationOptions,
         on_token: Callable[[int], None] | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ) -> DecodeOutput:
         input_ids, cmp_mask = self.tokenizer.encode_segments_with_mask(prompt.segments, add_bos=True)
         budget = self.config.llm.max_position_embeddings
@@ -337,7 +338,13 @@ class SeedX:
             embeds = embed_prompt()
             last_token = input_ids[-1]
             return decode(
-                lvlm, self.ids, inputs_embeds=embeds, last_prompt_token=last_token, options=options, on_token=on_token
+                lvlm,
+                self.ids,
+                inputs_embeds=embeds,
+                last_prompt_token=last_token,
+                options=options,
+                on_token=on_token,
+                logits_processor=logits_processor,
             )
         # Split after the last image placeholder: that prefix's KV is what the prefix cache stores. The
         # uncached path splits at the same place, so both feed identical tensors and agree bit for bit.
@@ -370,6 +377,7 @@ class SeedX:
             options=options,
             cache=kv,
             on_token=on_token,
+            logits_processor=logits_processor,
         )
 
     def _answer_text(self, token_ids: Sequence[int]) -> str:
@@ -678,8 +686,12 @@ class SeedX:
         num_inference_steps: int | None = None,
         render_images: bool = True,
         on_token: Callable[[int], None] | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ) -> ChatResult:
-        """Multi-turn chat with interleaved outputs: text, boxes (on the first image) and images."""
+        """Multi-turn chat with interleaved outputs: text, boxes (on the first image) and images.
+
+        ``logits_processor(generated_ids, logits)`` may restrict each next token (e.g.
+        ``tool_protocol.CopyArguments``); it sees the ids generated so far and the (vocab,) logits."""
         name, lvlm = self._lvlm(variant, purpose="chat", prefer=("seed-x-i",))
         if not messages:
             raise InvalidPromptError("messages is empty; pass at least one user message")
@@ -694,7 +706,7 @@ class SeedX:
             all_crops += crops
             turns.append(prompts.Turn(message.role, message.text, tuple(c.num_crops - 1 for c in crops)))
         prompt = prompts.chat_prompt(name, turns, self.config.lvlm.num_image_tokens)  # type: ignore[arg-type]
-        out = self._run_llm(lvlm, prompt, all_crops, self._options(options), on_token)
+        out = self._run_llm(lvlm, prompt, all_crops, self._options(options), on_token, logits_processor)
         raw = self._answer_text(out.token_ids)
         boxes = parse_boxes(raw, all_images[0].size) if all_images else []
         features = lvlm.regress_images(torch.stack(out.image_hidden_states)) if out.image_hidden_states else None

@@ -74,6 +74,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from seedx_agent.memory import ImageMemory, UnknownImageError
 from seedx_agent.memory.records import validate_namespace
 
+from seedx_agent.copy_arguments import CopyArguments, copy_sources
 from seedx_agent.decoding import GenerationOptions
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError, InvalidPromptError
@@ -568,6 +569,11 @@ class ChatSeedX(BaseChatModel):
         default="auto", description="auto: render images the model writes; off: never; required: force one"
     )
     num_inference_steps: int | None = Field(default=None, ge=1, description="diffusion steps; None: model default")
+    copy_arguments: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="constrain free-text tool arguments (phrase, instruction, prompt, query) to whole-word "
+        "spans of the user's turns (seedx_agent.copy_arguments); auto: on with compact tool specs",
+    )
     tool_specs: SpecStyle = Field(
         default="full",
         description="full: name, description and JSON schema per bound tool; compact: one name(args) line each "
@@ -604,6 +610,7 @@ class ChatSeedX(BaseChatModel):
             "image_output": self.image_output,
             "num_inference_steps": self.num_inference_steps,
             "tool_specs": self.tool_specs,
+            "copy_arguments": self.copy_arguments,
         }
 
     def bind_tools(
@@ -670,6 +677,11 @@ class ChatSeedX(BaseChatModel):
             seed=seed,
             require_image=self.image_output == "required",
         )
+        copying = self.copy_arguments == "on" or (self.copy_arguments == "auto" and self.tool_specs == "compact")
+        processor = None
+        if parse_calls and copying:
+            sources = copy_sources([turn.text for turn in turns if turn.role == "user"])
+            processor = CopyArguments(self.engine.model.tokenizer, sources)
         result = self.engine.chat(
             turns,
             options=options,
@@ -677,6 +689,7 @@ class ChatSeedX(BaseChatModel):
             num_inference_steps=self.num_inference_steps,
             render_images=self.image_output != "off",
             on_token=on_token,
+            logits_processor=processor,
         )
         raw_text = aliases.expand(result.raw_text) if aliases is not None else result.raw_text
         raw = _cut_at_stop(raw_text, stops, final=True)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from seedx_agent.copy_arguments import CopyArguments, copy_sources
 from seedx_agent.decoding import GenerationOptions
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature import world
@@ -44,10 +45,13 @@ def evaluate_model(
     scheduler: str = "euler",
     progress: bool = True,
     on_sample: Callable[[str, int, dict[str, Any]], None] | None = None,
+    copy_arguments: bool = True,
 ) -> Report:
     """Score ``model`` (a ``SeedX``) on ``n`` held-out samples per task; returns the filled ``Report``.
 
     ``on_sample(task, index, record)`` sees every prediction (for dumping examples or debugging).
+    ``copy_arguments``: the agent task's planner turns decode with ``CopyArguments``, as ``ChatSeedX`` does by
+    default for compact-protocol models; False scores the unconstrained model.
     """
     unknown = [t for t in tasks if t not in EVAL_TASKS]
     if unknown:
@@ -69,7 +73,7 @@ def evaluate_model(
         else:
             samples = world.make_dataset("heldout", n, source_task, seed, image_size=INPUT_SIZE)
         for index, sample in enumerate(samples):
-            record = _run_one(model, task, sample, index, render_kwargs)
+            record = _run_one(model, task, sample, index, render_kwargs, copy_arguments)
             scores = record.pop("scores")
             report.add_scores(task, scores)
             if on_sample is not None:
@@ -91,12 +95,15 @@ def heldout_dialogs(n: int, seed: int = 0) -> list[ToolDialog]:
     ]
 
 
-def _planner_turn(model: Any, conversation: Sequence[str]) -> str:
+def _planner_turn(model: Any, conversation: Sequence[str], copy_arguments: bool) -> str:
     """The model's next turn after ``conversation`` (alternating user/assistant texts, user last), greedy."""
     roles = ["user", "assistant"] * len(conversation)
     messages = [ChatMessage(role, text) for role, text in zip(roles, conversation, strict=False)]
     options = GenerationOptions(max_new_tokens=COMPACT_MAX_NEW_TOKENS)  # as the chat agent's planner
-    return model.chat(messages, options=options, render_images=False).raw_text.strip()
+    processor = None
+    if copy_arguments:  # as ChatSeedX: free-text arguments quote the user's turns
+        processor = CopyArguments(model.tokenizer, copy_sources([m.text for m in messages if m.role == "user"]))
+    return model.chat(messages, options=options, render_images=False, logits_processor=processor).raw_text.strip()
 
 
 def _call_of(text: str) -> tuple[str, dict[str, Any]] | None:
@@ -112,12 +119,12 @@ def _call_of(text: str) -> tuple[str, dict[str, Any]] | None:
     return body["name"], body["args"]
 
 
-def _run_agent(model: Any, dialog: ToolDialog) -> dict[str, Any]:
+def _run_agent(model: Any, dialog: ToolDialog, copy_arguments: bool) -> dict[str, Any]:
     """Planner step 1 (request -> tool call) and step 2 (tool result -> answer), each from the true context."""
     answer_turns = dialog.conversation(through_answer=True)
     call_turns = answer_turns[:2]  # request, call: the same texts (and handles) as conversation(through_answer=False)
-    call = _planner_turn(model, call_turns[:-1])
-    answer = _planner_turn(model, answer_turns[:-1])
+    call = _planner_turn(model, call_turns[:-1], copy_arguments)
+    answer = _planner_turn(model, answer_turns[:-1], copy_arguments)
     call_ok = _call_of(call) == _call_of(call_turns[-1])  # ids as the #N handles the model sees
     answer_ok = answer == answer_turns[-1]
     scores = {
@@ -129,9 +136,11 @@ def _run_agent(model: Any, dialog: ToolDialog) -> dict[str, Any]:
     return {"request": call_turns[0], "call": call, "answer": answer, "target": answer_turns[-1], "scores": scores}
 
 
-def _run_one(model: Any, task: str, sample: Any, index: int, render_kwargs: dict[str, Any]) -> dict[str, Any]:
+def _run_one(
+    model: Any, task: str, sample: Any, index: int, render_kwargs: dict[str, Any], copy_arguments: bool = True
+) -> dict[str, Any]:
     if task == "agent":
-        return _run_agent(model, sample)
+        return _run_agent(model, sample, copy_arguments)
     if task == "caption":
         answer = model.comprehend(world.render(sample.scene, INPUT_SIZE), world.CAPTION_QUESTION)
         return {

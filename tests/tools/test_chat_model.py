@@ -502,3 +502,32 @@ def test_compact_protocol_shows_handles_and_maps_them_back(chat: ChatSeedX, scri
     chunks = list(bound.stream(request))
     assert "".join(c.text for c in chunks) == message.content  # a streamed "#" waits until its number is known
     assert all("#" not in c.text for c in chunks)
+
+
+def test_copy_arguments_constrains_compact_tool_calls(
+    chat: ChatSeedX, engine: SeedXEngine, monkeypatch: pytest.MonkeyPatch, input_id: str
+) -> None:
+    """auto: a compact-protocol call decodes with CopyArguments over the user's turns (as the model sees them);
+    full specs, no bound tools, or "off" decode unconstrained; "on" forces it."""
+    from seedx_agent.copy_arguments import CopyArguments
+
+    processors: list = []
+
+    def fake_chat(messages, *, logits_processor=None, **kwargs) -> ChatResult:
+        processors.append(logits_processor)
+        return ChatResult("ok", "ok", [], [], None)
+
+    monkeypatch.setattr(engine.model, "chat", fake_chat)
+    request = [HumanMessage(f"Find the red thing in {input_id}.")]
+    compact = chat.model_copy(update={"tool_specs": "compact"})
+    compact.bind_tools([ground]).invoke(request)
+    processor = processors[-1]
+    assert isinstance(processor, CopyArguments) and processor.sources == ["Find the red thing in #1."]
+    compact.invoke(request)  # no tools bound: nothing to constrain
+    chat.bind_tools([ground]).invoke(request)  # full specs: large models may paraphrase
+    compact.model_copy(update={"copy_arguments": "off"}).bind_tools([ground]).invoke(request)
+    assert processors[-3:] == [None, None, None]
+    chat.model_copy(update={"copy_arguments": "on"}).bind_tools([ground]).invoke(request)
+    assert isinstance(processors[-1], CopyArguments) and processors[-1].sources == [
+        f"Find the red thing in {input_id}."
+    ]
