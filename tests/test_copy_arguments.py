@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from seedx_agent.copy_arguments import FREE_TEXT_ARGUMENTS, CopyArguments, copy_sources
+from seedx_agent.copy_arguments import FREE_TEXT_ARGUMENTS, TOOL_NAME, CopyArguments, copy_sources
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tool_protocol import SYSTEM_CLOSE, SYSTEM_OPEN
 
@@ -38,42 +38,67 @@ def test_sources_drop_the_system_preamble_and_blank_turns() -> None:
 
 
 def test_detects_open_free_text_values(processor: CopyArguments) -> None:
-    assert processor.open_value(OPEN_CALL) == ""
-    assert processor.open_value(OPEN_CALL + "the small r") == "the small r"
+    assert processor.open_value(OPEN_CALL) == ("phrase", "")
+    assert processor.open_value(OPEN_CALL + "the small r") == ("phrase", "the small r")
     assert processor.open_value(OPEN_CALL + 'the small"}}') is None  # closed
     assert processor.open_value(OPEN_CALL + 'the"}}</tool_call> and "phrase": "x') is None  # call closed
     assert processor.open_value('<tool_call>{"name": "ground", "args": {"image_id": "#') is None  # not free text
     assert processor.open_value('"phrase": "the') is None  # outside a tool call
-    assert set(FREE_TEXT_ARGUMENTS) == {"phrase", "instruction", "prompt", "query"}
+    assert set(FREE_TEXT_ARGUMENTS) == {"phrase", "instruction", "prompt", "query", "question"}
 
 
 def test_options_keep_whole_word_spans(processor: CopyArguments) -> None:
     pieces = processor.pieces
-    extend, close = processor.options("")
+    extend, close = processor.options("phrase", "")
     assert close is None  # an empty value cannot end
     for token_id in extend.tolist():  # every start is at a word of the request, never a space or quote
         piece = pieces[token_id]
         assert piece and not piece[0].isspace() and '"' not in piece
-        assert processor._spans(piece)
-    extend, close = processor.options("the small re")
+        assert processor._spans("phrase", piece)
+    extend, close = processor.options("phrase", "the small re")
     assert close is None  # "re" is not a whole word
     assert all(REQUEST.find("the small re" + pieces[i]) >= 0 for i in extend.tolist())
-    extend, close = processor.options("the small red")
+    extend, close = processor.options("phrase", "the small red")
     assert close is not None and all('"' in pieces[i] for i in close.tolist())
-    assert processor.options("the blue")[0] is None and processor.options("the blue")[1] is None  # not in the request
+    assert processor.options("phrase", "the blue") == (None, None)  # not in the request
+    # "question" also takes the protocol's fixed description question, whole
+    assert processor.options("question", "describe the")[0] is not None
+    assert processor.options("question", "describe the picture")[1] is not None
+    assert processor.options("question", "describe the")[1] is None
 
 
-def test_outside_values_the_logits_are_untouched(processor: CopyArguments, tokenizer: SeedXTokenizer) -> None:
+def test_outside_tool_calls_the_logits_are_untouched(processor: CopyArguments, tokenizer: SeedXTokenizer) -> None:
     logits = torch.randn(len(tokenizer))
-    for text in ("Here is the answer.", '<tool_call>{"name": "gro', OPEN_CALL + 'the small red"}}</tool_call>'):
+    for text in ("Here is the answer.", OPEN_CALL + 'the small red"}}</tool_call> Done'):
         assert torch.equal(processor(tokenizer.encode(text), logits), logits)
-    empty = CopyArguments(tokenizer, [])
-    assert torch.equal(empty(tokenizer.encode(OPEN_CALL), logits), logits)
+    loose = CopyArguments(tokenizer, [REQUEST], json_structure=False)
+    assert torch.equal(loose(tokenizer.encode('<tool_call>{"name": "gro'), logits), logits)  # not a free-text value
+
+
+def _kept_texts(processor: CopyArguments, tokenizer: SeedXTokenizer, text: str) -> set[str]:
+    out = processor(tokenizer.encode(text), torch.zeros(len(tokenizer)))
+    return {processor.pieces[i] for i in torch.isfinite(out).nonzero().flatten().tolist()}
+
+
+def test_open_calls_stay_well_formed_json(processor: CopyArguments, tokenizer: SeedXTokenizer) -> None:
+    after_value = _kept_texts(processor, tokenizer, OPEN_CALL + 'the small red"')
+    assert after_value and all(piece.lstrip()[:1] in ("", ",", "}") for piece in after_value)  # no ": " after a value
+    assert not any(piece.strip().startswith("}}}") for piece in after_value)  # at most the two open braces
+    closed = _kept_texts(processor, tokenizer, OPEN_CALL + 'the small red"}}')
+    assert closed and all(("</tool_call>" + "x").startswith(piece.lstrip()) or piece.isspace() for piece in closed)
+    assert "}" not in closed and "<" in closed  # the object is complete: only the closing tag may follow
+    in_tag = _kept_texts(processor, tokenizer, OPEN_CALL + 'the small red"}}</tool')
+    assert in_tag and all("_call>".startswith(piece) for piece in in_tag)
+    keys = _kept_texts(processor, tokenizer, '<tool_call>{"name": "ground", ')
+    assert keys and all(piece.lstrip()[:1] in ("", '"') for piece in keys)  # a key must be a string
+    broken = tokenizer.encode('<tool_call>{"name": ground')  # already invalid: nothing sensible to force
+    logits = torch.randn(len(tokenizer))
+    assert torch.equal(processor(broken, logits), logits)
 
 
 def test_the_model_decides_between_closing_and_going_on(processor: CopyArguments, tokenizer: SeedXTokenizer) -> None:
     generated = tokenizer.encode(OPEN_CALL + "the small red")
-    extend, close = processor.options("the small red")
+    extend, close = processor.options("phrase", "the small red")
     quote = tokenizer.encode('"')[-1]
     logits = torch.zeros(len(tokenizer))
     logits[quote] = 30.0  # closing is by far the most likely
@@ -121,3 +146,17 @@ def test_the_bundled_planner_quotes_the_request_when_constrained() -> None:
             assert _whole_word_span(value, request), (key, value, request)
             checked += 1
     assert checked >= 4
+
+
+def test_tool_name_must_be_a_bound_tool(tokenizer: SeedXTokenizer) -> None:
+    processor = CopyArguments(tokenizer, [REQUEST], tool_names=["ground", "generate_image"])
+    extend, close = processor.options(TOOL_NAME, "g")
+    assert close is None  # "g" is no tool
+    assert all(any(name.startswith("g" + processor.pieces[i]) for name in ("ground", "generate_image")) for i in extend)
+    assert processor.options(TOOL_NAME, "ground")[1] is not None  # a whole name may close
+    kept = processor(tokenizer.encode('<tool_call>{"name": "'), torch.zeros(len(tokenizer)))
+    starts = {processor.pieces[i] for i in torch.isfinite(kept).nonzero().flatten().tolist()}
+    assert starts and all("ground".startswith(p) or "generate_image".startswith(p) for p in starts)
+    unnamed = CopyArguments(tokenizer, [REQUEST])  # without tool names the name is only kept valid JSON
+    free = unnamed(tokenizer.encode('<tool_call>{"name": "'), torch.zeros(len(tokenizer)))
+    assert torch.isfinite(free).sum() > torch.isfinite(kept).sum()

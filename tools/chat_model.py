@@ -681,7 +681,8 @@ class ChatSeedX(BaseChatModel):
         processor = None
         if parse_calls and copying:
             sources = copy_sources([turn.text for turn in turns if turn.role == "user"])
-            processor = CopyArguments(self.engine.model.tokenizer, sources)
+            names = [tool["function"]["name"] for tool in tools]
+            processor = CopyArguments(self.engine.model.tokenizer, sources, tool_names=names)
         result = self.engine.chat(
             turns,
             options=options,

@@ -27,7 +27,7 @@ from seedx_agent.miniature.evaluate import (
 )
 from seedx_agent.model import ChatMessage
 from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-from seedx_agent.training.tool_dialogs import DIALOG_KINDS, ToolDialog
+from seedx_agent.training.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog
 
 __all__ = ["EVAL_TASKS", "evaluate_model", "heldout_dialogs"]
 
@@ -102,7 +102,9 @@ def _planner_turn(model: Any, conversation: Sequence[str], copy_arguments: bool)
     options = GenerationOptions(max_new_tokens=COMPACT_MAX_NEW_TOKENS)  # as the chat agent's planner
     processor = None
     if copy_arguments:  # as ChatSeedX: free-text arguments quote the user's turns
-        processor = CopyArguments(model.tokenizer, copy_sources([m.text for m in messages if m.role == "user"]))
+        sources = copy_sources([m.text for m in messages if m.role == "user"])
+        names = [spec["function"]["name"] for spec in SEEDX_TOOL_SPECS]
+        processor = CopyArguments(model.tokenizer, sources, tool_names=names)
     return model.chat(messages, options=options, render_images=False, logits_processor=processor).raw_text.strip()
 
 
