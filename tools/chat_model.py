@@ -29,7 +29,9 @@ The parser (``parse_tool_calls``) finds every such span anywhere in the answer (
 the message text), accepts ``arguments``/``parameters`` for ``args``, a JSON list of calls in one span, a
 missing closing tag at the very end, code fences, single quotes, Python literals, bare keys and trailing
 commas. Unknown tool names and unparseable spans become ``invalid_tool_calls`` whose ``args`` is the span as
-written; every call gets an id ``call_<hex>``.
+written; every call gets an id ``call_<hex>``. With ``copy_arguments`` on (the default for compact specs),
+calls are decoded under ``seedx_agent.copy_arguments.CopyArguments``: valid JSON, a bound tool's name, and
+free-text arguments (phrase, instruction, prompt, query, question) quoted from the user's turns.
 
 Output. An ``AIMessage`` with the display text (SEED-X tags and tool-call spans removed); generated images
 are stored in memory (``kind="generated"``) and added as ``{"type": "image", "file_id": ...}`` blocks;

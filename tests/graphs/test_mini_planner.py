@@ -3,8 +3,9 @@
 One conversation on a world scene: describe -> ground -> edit -> recall, one request per user turn. Each turn
 must call the right tool on the right image (the ``#1`` handle the model writes maps back to the real id), the
 tool must succeed, and the turn must end with an answer in the agent-tuned form that names the new images.
-Free-text arguments (phrase, instruction, query) are not asserted: the miniature copies them only partly
-(``seedx-agent eval mini --tasks agent`` measures exact calls; see the README).
+Free-text arguments (phrase, instruction, query) must be exact too: ``ChatSeedX`` decodes them with
+``CopyArguments`` (on by default for the compact protocol), so they quote the request; without it the
+miniature copied them only partly (``seedx-agent eval mini --tasks agent --no-copy-arguments``).
 """
 
 from __future__ import annotations
@@ -59,17 +60,20 @@ def test_the_miniature_plans_describe_ground_edit_recall(engine: SeedXEngine, me
     assert answer.content and image_id not in answer.content
 
     call, result, answer = _turn(graph, config, f"Where is the red circle in {image_id}?")
-    assert call.tool_calls[0]["name"] == "ground" and call.tool_calls[0]["args"]["image_id"] == image_id
+    assert call.tool_calls[0]["name"] == "ground"
+    assert call.tool_calls[0]["args"] == {"image_id": image_id, "phrase": "the red circle"}
     assert answer.content.startswith(("Found ", "No box found"))
 
     call, result, answer = _turn(graph, config, f"Edit {image_id}: make the red circle blue")
-    assert call.tool_calls[0]["name"] == "edit_image" and call.tool_calls[0]["args"]["image_id"] == image_id
+    assert call.tool_calls[0]["name"] == "edit_image"
+    assert call.tool_calls[0]["args"] == {"image_id": image_id, "instruction": "make the red circle blue"}
     edited = result.artifact["image_id"]
     assert answer.content == f"Here is the edited image: {edited}."  # the #2 handle mapped back to the new id
     assert [record.id for record in memory.lineage(edited)] == [image_id, edited]
 
     call, result, answer = _turn(graph, config, "Find earlier images of a blue circle at the top left.")
-    assert call.tool_calls[0]["name"] == "recall_images" and call.tool_calls[0]["args"]["k"] == RECALL_K
+    assert call.tool_calls[0]["name"] == "recall_images"
+    assert call.tool_calls[0]["args"] == {"query": "a blue circle at the top left", "k": RECALL_K}
     found = [item["image_id"] for item in result.artifact["images"]]
     assert len(found) == RECALL_K
     assert answer.content == f"Best match: {found[0]}. Also: {found[1]}."
