@@ -72,3 +72,20 @@ def memory(engine, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     root = tmp_path_factory.mktemp("memory") / "memory"
     with ImageMemory.open(root, image_embedder=memory_image_embedder(engine)) as opened:
         yield opened
+
+
+@pytest.fixture(scope="module")
+def tiny_lvlm():  # type: ignore[no-untyped-def]
+    """(lvlm, token ids, tokenizer): a seeded ``tiny-random`` SeedXLVLM in eval mode, fresh per module."""
+    import torch
+
+    from seedx_agent.config import SeedXConfig
+    from seedx_agent.lvlm import SeedXLVLM
+    from seedx_agent.tokenizer import SeedXTokenizer
+    from seedx_agent.tokens import TokenIds
+
+    config = SeedXConfig.from_preset("tiny-random")
+    torch.manual_seed(0)
+    lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
+    tokenizer = SeedXTokenizer.tiny()
+    return lvlm, TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens), tokenizer

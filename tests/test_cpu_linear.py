@@ -93,26 +93,21 @@ def test_falls_back_to_f_linear_where_onednn_is_not_used() -> None:
 
 @needs_onednn
 @torch.no_grad()
-def test_greedy_decoding_unchanged_on_a_tiny_llm() -> None:
-    from seedx_agent.config import SeedXConfig
+def test_greedy_decoding_unchanged_on_a_tiny_llm(tiny_lvlm) -> None:  # type: ignore[no-untyped-def]
     from seedx_agent.decoding import GenerationOptions, decode
-    from seedx_agent.lvlm import SeedXLVLM
-    from seedx_agent.tokenizer import SeedXTokenizer
-    from seedx_agent.tokens import TokenIds
 
-    config = SeedXConfig.from_preset("tiny-random")
-    torch.manual_seed(0)
-    lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
-    tokenizer = SeedXTokenizer.tiny()
-    ids = TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens)
+    lvlm, ids, tokenizer = tiny_lvlm
     prompt = tokenizer.encode("a red circle<img>", add_bos=True)
     embeds = lvlm.inputs_embeds(torch.tensor([prompt]))
     options = GenerationOptions(max_new_tokens=24)
     runs = {}
-    for kernel in ("torch", "onednn"):
-        switched = use_linear_kernel(lvlm, kernel, min_weight_elements=0)
-        assert (switched > 0) == (kernel == "onednn")
-        runs[kernel] = decode(lvlm, ids, inputs_embeds=embeds, last_prompt_token=prompt[-1], options=options)
+    try:
+        for kernel in ("torch", "onednn"):
+            switched = use_linear_kernel(lvlm, kernel, min_weight_elements=0)
+            assert (switched > 0) == (kernel == "onednn")
+            runs[kernel] = decode(lvlm, ids, inputs_embeds=embeds, last_prompt_token=prompt[-1], options=options)
+    finally:
+        use_linear_kernel(lvlm, "torch")
     assert runs["onednn"].token_ids == runs["torch"].token_ids
     torch.testing.assert_close(
         runs["onednn"].image_hidden_states[0], runs["torch"].image_hidden_states[0], rtol=1e-4, atol=1e-4

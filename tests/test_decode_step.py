@@ -7,14 +7,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from seedx_agent import decode_step
-from seedx_agent.config import SeedXConfig
 from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
 from seedx_agent.decode_step import LeanStep, fuse_qkv, lean_step, lean_step_supported
 from seedx_agent.decoding import GenerationOptions, decode
 from seedx_agent.kv_layers import new_kv_cache
-from seedx_agent.lvlm import SeedXLVLM
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import TokenIds
 
 CONFIG = LlamaConfig(
     vocab_size=97,
@@ -81,13 +77,9 @@ def test_hooks_training_and_other_attention_fall_back(llama: LlamaForCausalLM) -
 
 
 @torch.no_grad()
-def test_decode_is_identical_with_either_step() -> None:
+def test_decode_is_identical_with_either_step(tiny_lvlm) -> None:  # type: ignore[no-untyped-def]
     """decode(): the same tokens, image states and final KV with the lean step and with LlamaModel.forward."""
-    config = SeedXConfig.from_preset("tiny-random")
-    torch.manual_seed(0)
-    lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
-    tokenizer = SeedXTokenizer.tiny()
-    ids = TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens)
+    lvlm, ids, tokenizer = tiny_lvlm
     prompt = tokenizer.encode("draw a red circle and describe it", add_bos=True)
     embeds = lvlm.inputs_embeds(torch.tensor([prompt]))
     runs = {}

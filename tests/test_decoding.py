@@ -3,20 +3,12 @@
 import pytest
 import torch
 
-from seedx_agent.config import SeedXConfig
 from seedx_agent.decoding import GenerationOptions, apply_placeholder_mask, decode, sample_next_token
-from seedx_agent.lvlm import SeedXLVLM
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import TokenIds
 
 
 @pytest.fixture(scope="module")
-def setup():
-    config = SeedXConfig.from_preset("tiny-random")
-    torch.manual_seed(0)
-    lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
-    tok = SeedXTokenizer.tiny()
-    return lvlm, TokenIds.from_vocab(tok, config.lvlm.num_image_tokens), tok
+def setup(tiny_lvlm):
+    return tiny_lvlm
 
 
 def _embeds(lvlm, ids):
