@@ -27,6 +27,7 @@ complete only ``</tool_call>`` may follow. The miniature otherwise often dropped
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Mapping, Sequence
 
@@ -59,7 +60,8 @@ def copy_sources(user_texts: Sequence[str]) -> list[str]:
     return sources
 
 
-def _piece_texts(tokenizer: SeedXTokenizer) -> list[str | None]:
+@functools.lru_cache(maxsize=4)  # one table per tokenizer: 32k entries for LLaMA's take ~50 ms to build
+def _piece_texts(tokenizer: SeedXTokenizer) -> tuple[str | None, ...]:
     """Text each token adds mid-string (``▁`` as a space, ASCII byte pieces as their character); None for
     control, added (``<img>``, ``<loc-N>``) and non-ASCII byte tokens, which never go inside a quote."""
     texts: list[str | None] = []
@@ -77,7 +79,7 @@ def _piece_texts(tokenizer: SeedXTokenizer) -> list[str | None]:
             texts.append(chr(value) if 0x20 <= value < 0x7F else None)
         else:
             texts.append(piece.replace("\u2581", " "))
-    return texts
+    return tuple(texts)
 
 
 class CopyArguments:
