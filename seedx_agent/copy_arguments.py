@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +38,9 @@ from seedx_agent import json_prefix
 from seedx_agent.miniature.world import CAPTION_QUESTION
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tool_protocol import SYSTEM_CLOSE, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+if TYPE_CHECKING:
+    from seedx_agent.model import ChatMessage
 
 __all__ = ["FIXED_VALUES", "FREE_TEXT_ARGUMENTS", "TOOL_NAME", "CopyArguments", "copy_sources"]
 
@@ -111,12 +115,27 @@ class CopyArguments:
         self._name_value = re.compile(r'^\s*\{\s*"name"\s*:\s*"([^"\\]*)$')  # the call's own "name" value
         self.constrained_steps = 0  # how many tokens the constraint restricted (for tests and reports)
 
-    def open_value(self, text: str) -> tuple[str, str] | None:
-        """(key, value so far) when ``text`` ends inside a free-text argument of an open tool call."""
+    @classmethod
+    def for_chat(
+        cls, tokenizer: SeedXTokenizer, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]]
+    ) -> CopyArguments:
+        """The processor for a chat planner turn: quotes from the user messages (``copy_sources``), names from
+        ``tools`` (OpenAI-style specs, ``{"function": {"name": ...}}``)."""
+        sources = copy_sources([message.text for message in messages if message.role == "user"])
+        return cls(tokenizer, sources, tool_names=[tool["function"]["name"] for tool in tools])
+
+    @staticmethod
+    def _open_call(text: str) -> str | None:
+        """What follows ``<tool_call>`` when ``text`` ends inside a tool call, else None."""
         start = text.rfind(TOOL_CALL_OPEN)
         if start < 0 or TOOL_CALL_CLOSE in text[start:]:
             return None
-        match = self._open_value.search(text[start:])
+        return text[start + len(TOOL_CALL_OPEN) :]
+
+    def open_value(self, text: str) -> tuple[str, str] | None:
+        """(key, value so far) when ``text`` ends inside a free-text argument of an open tool call."""
+        body = self._open_call(text)
+        match = None if body is None else self._open_value.search(body)
         return None if match is None else (match.group(1), match.group(2))
 
     def _spans(self, key: str, text: str) -> list[tuple[str, int]]:
@@ -202,26 +221,24 @@ class CopyArguments:
         return self._json_valid[key]
 
     def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-        text = self.tokenizer.decode(generated)
-        start = text.rfind(TOOL_CALL_OPEN)
-        if start < 0 or TOOL_CALL_CLOSE in text[start:]:
+        body = self._open_call(self.tokenizer.decode(generated))
+        if body is None:
             return logits  # not inside a tool call
         valid: torch.Tensor | None = None
         if self.json_structure:
-            call = self._call_state(text[start + len(TOOL_CALL_OPEN) :])
+            call = self._call_state(body)
             if call is not None:
                 valid = self.json_valid_ids(*call)
                 if not len(valid):
                     valid = None
         keep = valid
-        open_value = self.open_value(text)
-        if self.tool_names:
-            name = self._name_value.match(text[start + len(TOOL_CALL_OPEN) :])
-            if name is not None:
-                open_value = (TOOL_NAME, name.group(1))
-        if open_value is not None and (
-            self.sources or open_value[0] in self.fixed_values or open_value[0] == TOOL_NAME
-        ):
+        name = self._name_value.match(body) if self.tool_names else None
+        if name is not None:
+            open_value: tuple[str, str] | None = (TOOL_NAME, name.group(1))
+        else:
+            match = self._open_value.search(body)
+            open_value = None if match is None else (match.group(1), match.group(2))
+        if open_value is not None:  # with nothing to quote, options() is empty and only ``valid`` applies
             extend, close = (self._within(part, valid) for part in self.options(*open_value))
             if extend is not None and close is not None:  # the model's own choice: end the string or go on
                 probs = torch.softmax(logits.float(), dim=-1)

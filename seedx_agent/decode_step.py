@@ -120,14 +120,11 @@ def fuse_qkv(backbone: nn.Module) -> int:
 
 
 def _onednn_fused(block: nn.Module) -> _FusedQKV | None:
-    """The fused record when this step can use it: still fused, all three projections oneDNN linears
-    (so the fused GEMV equals theirs bit for bit), bias-free and without hooks. Cheap: runs every layer."""
-    if _FUSED not in block.__dict__:
+    """The fused record when a step can use it: still fused, and all three projections plain oneDNN linears
+    (so the fused GEMV equals theirs bit for bit). Checked when a ``LeanStep`` is built."""
+    projections = _plain_projections(block)
+    if projections is None or any(type(proj) is not OneDNNLinear for proj in projections):
         return None
-    projections = (block.q_proj, block.k_proj, block.v_proj)
-    for proj in projections:
-        if type(proj) is not OneDNNLinear or proj.bias is not None or _has_hooks(proj):
-            return None
     return _fused(block, projections)
 
 

@@ -76,7 +76,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from seedx_agent.memory import ImageMemory, UnknownImageError
 from seedx_agent.memory.records import validate_namespace
 
-from seedx_agent.copy_arguments import CopyArguments, copy_sources
+from seedx_agent.copy_arguments import CopyArguments
 from seedx_agent.decoding import GenerationOptions
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError, InvalidPromptError
@@ -682,9 +682,7 @@ class ChatSeedX(BaseChatModel):
         copying = self.copy_arguments == "on" or (self.copy_arguments == "auto" and self.tool_specs == "compact")
         processor = None
         if parse_calls and copying:
-            sources = copy_sources([turn.text for turn in turns if turn.role == "user"])
-            names = [tool["function"]["name"] for tool in tools]
-            processor = CopyArguments(self.engine.model.tokenizer, sources, tool_names=names)
+            processor = CopyArguments.for_chat(self.engine.model.tokenizer, turns, tools)
         result = self.engine.chat(
             turns,
             options=options,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from seedx_agent.copy_arguments import CopyArguments, copy_sources
+from seedx_agent.copy_arguments import CopyArguments
 from seedx_agent.decoding import GenerationOptions
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature import world
@@ -102,9 +102,7 @@ def _planner_turn(model: Any, conversation: Sequence[str], copy_arguments: bool)
     options = GenerationOptions(max_new_tokens=COMPACT_MAX_NEW_TOKENS)  # as the chat agent's planner
     processor = None
     if copy_arguments:  # as ChatSeedX: free-text arguments quote the user's turns
-        sources = copy_sources([m.text for m in messages if m.role == "user"])
-        names = [spec["function"]["name"] for spec in SEEDX_TOOL_SPECS]
-        processor = CopyArguments(model.tokenizer, sources, tool_names=names)
+        processor = CopyArguments.for_chat(model.tokenizer, messages, SEEDX_TOOL_SPECS)
     return model.chat(messages, options=options, render_images=False, logits_processor=processor).raw_text.strip()
 
 
