@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 __all__ = ["main"]
@@ -126,6 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         schedule = schedule.scaled(args.scale)
     if args.stage_steps:
         schedule = schedule.with_steps(_stage_steps(args.stage_steps))
+    if args.vit_local_heads:
+        schedule = replace(schedule, vit_local_heads=True)
     stages = tuple(args.stages) if args.stages else MINI_STAGES
     start = time.perf_counter()
     report = run_mini(
@@ -184,6 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     """Official release folder -> our safetensors layout with a config.json."""
     from seedx_agent.checkpoints import convert_official
+    from seedx_agent.config import SeedXConfig
 
     start = time.perf_counter()
     convert_official(
@@ -194,6 +198,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         vit_path=args.vit,
         sdxl_path=args.sdxl,
+        config=SeedXConfig.from_preset(args.preset) if args.preset else None,
     )
     print(f"converted {args.source} -> {args.out} in {time.perf_counter() - start:.1f}s")
     return 0
@@ -227,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--vit", default=None, help="path of qwen_vit_G.pt (default: SOURCE/QwenViT/qwen_vit_G.pt)")
     convert.add_argument("--sdxl", default=None, help="SDXL-base folder (default: SOURCE/stable-diffusion-xl-base-1.0)")
     convert.add_argument(
+        "--preset", default=None, help="geometry of the checkpoint (default: the official preset of the first variant)"
+    )
+    convert.add_argument(
         "--allow-pickle",
         action="store_true",
         help="read the official pickle .bin/.pt files (torch.load weights_only=True)",
@@ -246,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="STAGE=STEPS",
         help="override stages' total steps (after --scale); a finished stage resumes and continues",
+    )
+    train.add_argument(
+        "--vit-local-heads",
+        action="store_true",
+        help="train the ViT with the shared per-cell head on its raw tokens as well (ViTWorldHeads)",
     )
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)

@@ -113,6 +113,22 @@ def _default_dtype(device_map: dict[str, str]) -> torch.dtype:
     return torch.bfloat16 if any(torch.device(d).type == "cuda" for d in device_map.values()) else torch.float32
 
 
+def _render_aliases(
+    num_inference_steps: int | None, steps: int | None, guidance_scale: float | None, guidance: float | None
+) -> tuple[int | None, float | None]:
+    """``steps``/``guidance`` are short names of diffusers' ``num_inference_steps``/``guidance_scale``."""
+    for long, long_value, short, short_value in (
+        ("num_inference_steps", num_inference_steps, "steps", steps),
+        ("guidance_scale", guidance_scale, "guidance", guidance),
+    ):
+        if long_value is not None and short_value is not None:
+            raise ConfigError(f"pass either {short}= or {long}= (the same setting), not both")
+    return (
+        num_inference_steps if num_inference_steps is not None else steps,
+        guidance_scale if guidance_scale is not None else guidance,
+    )
+
+
 class SeedX:
     """A loaded SEED-X system: one ViT/tokenizer, one LLM per variant, de-tokenizer stages 1 and/or 2."""
 
@@ -160,6 +176,7 @@ class SeedX:
         path: str | Path,
         *,
         variants: Sequence[str] | None = None,
+        variant: str | None = None,
         stages: Sequence[int] | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,
@@ -173,14 +190,18 @@ class SeedX:
     ) -> SeedX:
         """Load our safetensors layout (``config.json`` + ``manifest.json``) or the official release.
 
-        ``variants`` picks LLMs (e.g. ``("seed-x-i", "seed-x-edit")`` for generation and editing);
-        ``allow_pickle`` is needed for the official ``.bin``/``.pt`` files (loaded with
-        ``torch.load(weights_only=True)``). ``linear_kernel``: see ``set_linear_kernel``. Nothing is ever
-        downloaded.
+        ``variants`` picks LLMs (e.g. ``("seed-x-i", "seed-x-edit")`` for generation and editing),
+        ``variant`` is the one-LLM shorthand (``variant="seed-x-edit"``); ``allow_pickle`` is needed for the
+        official ``.bin``/``.pt`` files (loaded with ``torch.load(weights_only=True)``). ``linear_kernel``: see
+        ``set_linear_kernel``. Nothing is ever downloaded.
         """
         from seedx_agent import checkpoints
 
         resolve_linear_kernel(linear_kernel)  # a bad name fails before any weights are read
+        if variant is not None:
+            if variants is not None:
+                raise ConfigError("pass either variant= (one LLM) or variants= (several), not both")
+            variants = (variant,)
         if isinstance(path, str) and path == "mini":
             path = bundled_mini_path()
         elif isinstance(path, str) and path in PRESETS:
@@ -381,8 +402,9 @@ class SeedX:
         )
 
     def _answer_text(self, token_ids: Sequence[int]) -> str:
+        """The answer's text with its special tags; an image shows as ``<img> </img>`` (placeholders dropped)."""
         placeholders = set(self.ids.image)
-        kept = [t for t in token_ids if t not in placeholders and t != self.ids.boi and t != self.ids.eos]
+        kept = [t for t in token_ids if t not in placeholders and t != self.ids.eos]
         return self.tokenizer.decode(kept)
 
     def _options(self, options: GenerationOptions | None, **overrides: Any) -> GenerationOptions:
@@ -393,13 +415,18 @@ class SeedX:
     def comprehend(
         self,
         images: ImageInput | Sequence[ImageInput],
-        question: str,
+        question: prompts.Question,
         *,
         variant: str | None = None,
         options: GenerationOptions | None = None,
         on_token: Callable[[int], None] | None = None,
     ) -> ComprehendResult:
-        """Answer ``question`` about one or more images (any-res with the 8 default grids)."""
+        """Answer ``question`` about one or more images (any-res with the 8 default grids).
+
+        With one image, ``question`` may be a list mixing text and ``Box``es (pixel xyxy) to refer to
+        regions, e.g. ``["What colour is ", Box(10, 10, 50, 40), "?"]``: each box is written as its
+        ``<box_start><loc-..>x4<box_end>`` tokens (224 bins), the reverse of what ``ground`` reads.
+        """
         image_list = _as_list(images)
         name, lvlm = self._lvlm(variant, purpose="comprehension", prefer=("seed-x-i", "seed-x", "seed-x-edit"))
         pil, crops = self._crops(image_list, self.config.anyres.grids)
@@ -409,6 +436,7 @@ class SeedX:
             tiles,
             question,
             self.config.lvlm.num_image_tokens,  # type: ignore[arg-type]
+            image_size=pil[0].size if len(pil) == 1 else None,
         )
         out = self._run_llm(lvlm, prompt, crops, self._options(options), on_token)
         raw = self._answer_text(out.token_ids)
@@ -480,6 +508,7 @@ class SeedX:
             **kwargs,
         )
 
+    @torch.no_grad()
     def _image_features(
         self, lvlm: SeedXLVLM, prompt: prompts.Prompt, crops: Sequence[AnyResCrops], options: GenerationOptions
     ) -> tuple[DecodeOutput, torch.Tensor, float]:
@@ -519,6 +548,8 @@ class SeedX:
         seed: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
         size: int | None = None,
         scheduler: str = "euler",
         variant: str | None = None,
@@ -530,6 +561,7 @@ class SeedX:
         If the model would stop without opening an image, ``<img>`` is forced instead (documented
         deviation: the official script just returns no image).
         """
+        num_inference_steps, guidance_scale = _render_aliases(num_inference_steps, steps, guidance_scale, guidance)
         name, lvlm = self._lvlm(variant, purpose="generate_image", prefer=("seed-x-i", "seed-x"))
         text_prompt = prompts.generation_prompt(name, prompt)  # type: ignore[arg-type]
         opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
@@ -554,6 +586,8 @@ class SeedX:
         seeds: Sequence[int | None] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
         size: int | None = None,
         scheduler: str = "euler",
         variant: str | None = None,
@@ -566,6 +600,7 @@ class SeedX:
         from its own seeded generator; only float rounding of the batched UNet can differ. Used by
         ``SeedXEngine`` to serve concurrent requests together.
         """
+        num_inference_steps, guidance_scale = _render_aliases(num_inference_steps, steps, guidance_scale, guidance)
         from seedx_agent import prompts as templates  # the argument shadows the module name
 
         if isinstance(prompts, str) or not prompts:
@@ -619,6 +654,8 @@ class SeedX:
         seed: int | None = 42,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
         image_guidance_scale: float | None = None,
         size: int | None = None,
         scheduler: str = "euler",
@@ -626,6 +663,7 @@ class SeedX:
         progress: bool = False,
     ) -> GeneratedImage:
         """Edit ``image`` following ``instruction`` with SEED-X-Edit + the stage-2 de-tokenizer (§8.1 C)."""
+        num_inference_steps, guidance_scale = _render_aliases(num_inference_steps, steps, guidance_scale, guidance)
         missing = []
         if "seed-x-edit" not in self.parts.lvlms:
             missing.append("the 'seed-x-edit' LLM")
@@ -676,6 +714,7 @@ class SeedX:
             scheduler=scheduler,
         )[0]
 
+    @torch.no_grad()
     def chat(
         self,
         messages: Sequence[ChatMessage],

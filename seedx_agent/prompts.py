@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from seedx_agent.errors import ConfigError, InvalidPromptError
-from seedx_agent.tokens import BOI, BOP, BOX_START, EOI, EOP, InputSlot, Special, image_token
+from seedx_agent.tokens import BOI, BOP, BOX_START, EOI, EOP, Box, InputSlot, Special, box_tokens, image_token
 
 __all__ = [
     "INST_CLOSE",
     "INST_OPEN",
     "MAX_PROMPT_CHARS",
     "Prompt",
+    "Question",
     "Turn",
     "chat_prompt",
     "comprehension_prompt",
@@ -35,6 +36,8 @@ PRETRAINED_GROUNDING_SUFFIX = " [["
 MAX_PROMPT_CHARS = 20_000
 
 Style = Literal["seed-x", "seed-x-i", "seed-x-edit"]
+# A question is plain text, or text interleaved with referring boxes (pixel xyxy ``Box`` of the image).
+Question = str | Sequence[str | Box]
 
 
 @dataclass
@@ -76,6 +79,34 @@ def _user_text(text: str, what: str) -> str:
     return text
 
 
+def _question(prompt: Prompt, question: Question, image_size: tuple[int, int] | None) -> None:
+    """Append ``question``: text segments as plain text, each ``Box`` as its ``<box_start><loc-..>x4<box_end>``
+    tokens in 224 bins of ``image_size`` (referring input, reference §7.1)."""
+    if isinstance(question, str):
+        prompt.add_text(_user_text(question, "question"))
+        return
+    if not isinstance(question, (list, tuple)) or not question:
+        raise InvalidPromptError(
+            f"question must be a string (or a non-empty list of strings and Boxes), got {type(question).__name__}"
+        )
+    parts = list(question)
+    text = "".join(part for part in parts if isinstance(part, str))
+    for index, part in enumerate(parts):
+        if not isinstance(part, (str, Box)):
+            raise InvalidPromptError(f"question part {index} is a {type(part).__name__}; use str or tokens.Box")
+    if not text.strip():
+        raise InvalidPromptError("question has no text around its boxes; say what to do with the region")
+    _user_text(text, "question")  # the length limit counts the text parts together
+    for part in parts:
+        if isinstance(part, str):
+            prompt.add_text(part)
+            continue
+        if image_size is None:
+            raise InvalidPromptError("a referring box needs exactly one image to refer to; pass a single image")
+        for token in box_tokens(part, image_size):
+            prompt.add_special(token)
+
+
 def _block(prompt: Prompt, begin: str, end: str, num_image_tokens: int) -> None:
     prompt.add_special(begin)
     for i in range(num_image_tokens):
@@ -108,17 +139,27 @@ def _check_style(style: str) -> None:
 
 
 def comprehension_prompt(
-    style: Style, tiles_per_image: Sequence[int], question: str, num_image_tokens: int, *, image_first: bool = True
+    style: Style,
+    tiles_per_image: Sequence[int],
+    question: Question,
+    num_image_tokens: int,
+    *,
+    image_first: bool = True,
+    image_size: tuple[int, int] | None = None,
 ) -> Prompt:
-    """Question about images: ``[INST] <images>question [/INST]\\n`` or ``Question: <images>q\\nAnswer:``."""
+    """Question about images: ``[INST] <images>question [/INST]\\n`` or ``Question: <images>q\\nAnswer:``.
+
+    ``question`` may interleave text with referring ``Box``es of the (single) image of ``image_size``.
+    """
     _check_style(style)
-    question = _user_text(question, "question")
+    text = Prompt()
+    _question(text, question, image_size if len(tiles_per_image) == 1 else None)
     images = _images(tiles_per_image, num_image_tokens)
     body = Prompt()
     if image_first:
-        body.extend(images).add_text(question)
+        body.extend(images).extend(text)
     else:
-        body.add_text(question).extend(images)
+        body.extend(text).extend(images)
     if style == "seed-x":
         return Prompt().add_text("Question: ").extend(body).add_text("\nAnswer:")
     return Prompt().add_text(INST_OPEN).extend(body).add_text(INST_CLOSE)

@@ -27,6 +27,7 @@ __all__ = [
     "InputSlot",
     "Special",
     "TokenIds",
+    "box_tokens",
     "decode_box",
     "encode_box",
     "image_block",
@@ -201,6 +202,11 @@ def encode_box(box: Box | Sequence[float], image_size: tuple[int, int]) -> str:
     The four bins are (x_center, y_center, width, height) in units of 1/224 of the original
     image's width/height (reference §7.1), quantised with ``round`` and clamped to [0, 223].
     """
+    return "".join(box_tokens(box, image_size))
+
+
+def box_tokens(box: Box | Sequence[float], image_size: tuple[int, int]) -> list[str]:
+    """``encode_box`` as its six added tokens, for prompts built from segments."""
     width, height = _check_size(image_size)
     if not isinstance(box, Box):
         if len(box) != 4:
@@ -222,7 +228,7 @@ def encode_box(box: Box | Sequence[float], image_size: tuple[int, int]) -> str:
 
     xc, yc = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
     w, h = (x2 - x1) / width, (y2 - y1) / height
-    return BOX_START + "".join(loc_token(q(v)) for v in (xc, yc, w, h)) + BOX_END
+    return [BOX_START, *(loc_token(q(v)) for v in (xc, yc, w, h)), BOX_END]
 
 
 def decode_box(bins: Sequence[int], image_size: tuple[int, int], *, label: str | None = None) -> Box:

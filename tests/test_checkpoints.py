@@ -87,6 +87,15 @@ def _assert_all_equal(expected: SeedXComponents, actual: SeedXComponents, *, sam
     return count
 
 
+def _assert_subset_equal(expected: SeedXComponents, actual: SeedXComponents) -> None:
+    """Every tensor of every module ``actual`` loaded equals (value and dtype) ``expected``'s."""
+    reference = dict(expected.modules())
+    for name, module in actual.modules():
+        want = reference[name].state_dict()
+        for key, tensor in module.state_dict().items():
+            assert torch.equal(want[key], tensor) and want[key].dtype == tensor.dtype, f"{name}: {key}"
+
+
 # -- official layout: write -> load -------------------------------------------------------------------
 def test_official_layout_round_trip_every_tensor_equal(source: SeedXComponents, official: OfficialLayout) -> None:
     loaded = load_official(official, TINY, variants=VARIANTS, stages=(1, 2), allow_pickle=True)
@@ -470,6 +479,32 @@ def test_convert_official_equals_source(source: SeedXComponents, official: Offic
     with pytest.raises(UnsafeCheckpointError):
         convert_official(official.root, tmp_path / "refused", variants=("seed-x-edit",), config=TINY)
     assert not (tmp_path / "refused").exists()
+
+
+def test_facade_and_cli_read_the_official_layout(
+    source: SeedXComponents, official: OfficialLayout, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The user-facing paths: ``SeedX.from_pretrained`` on the release folder and ``seedx-agent convert``."""
+    from seedx_agent.cli import main
+    from seedx_agent.model import SeedX
+
+    with pytest.raises(UnsafeCheckpointError, match="allow_pickle"):
+        SeedX.from_pretrained(official.root, preset="tiny-random", variant="seed-x-i", stages=(1,))
+    model = SeedX.from_pretrained(
+        official.root, preset="tiny-random", variant="seed-x-i", stages=(1,), allow_pickle=True
+    )
+    assert model.variants == ("seed-x-i",) and sorted(model.parts.detokenizers) == [1]
+    _assert_subset_equal(source, model.parts)  # CPU default: fp32, every tensor as written
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parts.vision.parameters())
+
+    out = tmp_path / "converted"
+    argv = ["convert", str(official.root), str(out), "--variants", "seed-x-edit", "--stages", "2"]
+    assert main([*argv, "--preset", "tiny-random"]) == 2  # no --allow-pickle: refused, nothing written
+    assert "allow" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--preset", "tiny-random", "--allow-pickle"]) == 0
+    loaded = load_components(out, verify=True)
+    assert list(loaded.lvlms) == ["seed-x-edit"] and list(loaded.detokenizers) == [2]
+    _assert_subset_equal(source, loaded)
 
 
 def test_place_casts_and_keeps_vae_and_rope_in_fp32(official: OfficialLayout) -> None:

@@ -7,10 +7,19 @@ import PIL.Image
 import pytest
 import torch
 
+from seedx_agent.config import SeedXConfig
 from seedx_agent.decoding import GenerationOptions
 from seedx_agent.engine import SeedXEngine
-from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError, InvalidPromptError
-from seedx_agent.model import ChatMessage, SeedX
+from seedx_agent.errors import (
+    CapabilityMissingError,
+    ConfigError,
+    InvalidBoxError,
+    InvalidImageError,
+    InvalidPromptError,
+)
+from seedx_agent.model import ChatMessage, SeedX, _default_dtype, _device_map
+from seedx_agent.tokens import Box
+from seedx_agent.vision import pool_tokens_4to1
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +176,56 @@ def test_engine_threads_match_serial(model, scene):
     assert not any(t.is_alive() for t in threads), "deadlock"
     assert results == serial
     assert engine.calls == 2 * len(jobs)
+
+
+def test_chat_returns_interleaved_images(model, scene):
+    messages = [ChatMessage("user", "Draw what you see.", [scene])]
+    opts = GenerationOptions(max_new_tokens=12, require_image=True)
+    result = model.chat(messages, options=opts, seed=5, num_inference_steps=2)
+    n_tokens = model.config.lvlm.num_image_tokens
+    assert result.raw_text.count("<img>") == len(result.images) >= 1
+    assert result.features.shape == (len(result.images), n_tokens, model.config.vision.output_dim)
+    assert all(image.size == (32, 32) for image in result.images) and not result.features.requires_grad
+    unrendered = model.chat(messages, options=opts, render_images=False)
+    assert unrendered.images == [] and torch.equal(unrendered.features, result.features)
+
+
+def test_referring_box_question(model, scene):
+    opts = GenerationOptions(max_new_tokens=4)
+    box = Box(10, 10, 40, 40)
+    result = model.comprehend(scene, ["What colour is ", box, "?"], options=opts)
+    assert 1 <= len(result.token_ids) <= 4
+    with pytest.raises(InvalidBoxError, match="outside the 120x60 image"):
+        model.comprehend(scene, ["What colour is ", Box(10, 10, 400, 40), "?"], options=opts)
+    with pytest.raises(InvalidPromptError, match="exactly one image"):
+        model.comprehend([scene, scene], ["Compare ", box, "."], options=opts)
+
+
+def test_short_render_names_and_variant_shorthand(model, scene, tmp_path):
+    short = model.generate_image("a red circle", seed=3, steps=2, guidance=2.0)
+    long = model.generate_image("a red circle", seed=3, num_inference_steps=2, guidance_scale=2.0)
+    assert np.array_equal(np.asarray(short.image), np.asarray(long.image))
+    with pytest.raises(ConfigError, match="either steps= or num_inference_steps="):
+        model.generate_image("a red circle", steps=2, num_inference_steps=3)
+    with pytest.raises(ConfigError, match="either guidance= or guidance_scale="):
+        model.edit_image(scene, "Make it blue.", guidance=2.0, guidance_scale=3.0)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert SeedX.from_pretrained(tmp_path / "ckpt", variant="seed-x-edit").variants == ("seed-x-edit",)
+    with pytest.raises(ConfigError, match="either variant="):
+        SeedX.from_pretrained(tmp_path / "ckpt", variant="seed-x-i", variants=("seed-x-i",))
+
+
+def test_placement_defaults():
+    assert _default_dtype({"vision": "cpu", "llm": "cpu", "detokenizer": "cpu"}) == torch.float32
+    assert _default_dtype({"vision": "cpu", "llm": "cuda:0", "detokenizer": "cpu"}) == torch.bfloat16
+    assert _device_map("cpu", {"llm": "cuda:1"}) == {"vision": "cpu", "llm": "cuda:1", "detokenizer": "cpu"}
+
+
+def test_cfg_negative_is_the_zero_image_and_official_guidance(model):
+    size = model.config.vision.image_size
+    raw = model.encode_crops(torch.zeros(1, 3, size, size))
+    assert torch.equal(model.negative_features(pooled=False), raw)
+    assert torch.equal(model.negative_features(pooled=True), pool_tokens_4to1(raw))
+    official = SeedXConfig.from_preset("seed-x-i")
+    assert official.detokenizer.guidance_scale == 7.5
+    assert (official.edit_detokenizer.guidance_scale, official.edit_detokenizer.image_guidance_scale) == (7.5, 1.5)

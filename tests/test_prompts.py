@@ -1,8 +1,10 @@
+import re
+
 import pytest
 
 from seedx_agent import prompts
-from seedx_agent.errors import ConfigError, InvalidPromptError
-from seedx_agent.tokens import image_block, patch_block
+from seedx_agent.errors import ConfigError, InvalidBoxError, InvalidPromptError
+from seedx_agent.tokens import Box, encode_box, image_block, parse_boxes, patch_block
 
 
 def test_official_strings():
@@ -55,3 +57,32 @@ def test_bad_chats_and_styles():
         prompts.chat_prompt("seed-x", [prompts.Turn("user", "hi")], 4)
     with pytest.raises(ConfigError, match="unknown prompt style"):
         prompts.generation_prompt("llava", "a cat")
+
+
+def test_referring_box_is_written_as_box_tokens_and_reads_back():
+    size = (640, 480)
+    box = Box(64.0, 48.0, 320.0, 240.0)
+    prompt = prompts.comprehension_prompt("seed-x-i", [0], ["What colour is ", box, "?"], 4, image_size=size)
+    expected = f"[INST] {image_block(4)}What colour is {encode_box(box, size)}? [/INST]\n"
+    assert prompt.text == expected
+    # the reverse of grounding: the written box parses back to the same region within one bin
+    (back,) = parse_boxes(prompt.text, size)
+    assert all(abs(a - b) <= max(size) / 224 for a, b in zip(back.as_tuple(), box.as_tuple(), strict=True))
+    # box tokens are added-token segments (a plain-text question stays plain text)
+    assert [s for s in prompt.segments if s.startswith("<loc-")] == re.findall(r"<loc-\d+>", expected)
+
+
+@pytest.mark.parametrize(
+    ("question", "tiles", "size", "words"),
+    [
+        (["Where is ", Box(0, 0, 10, 10)], [0, 0], (20, 20), "exactly one image"),
+        (["Where is ", Box(0, 0, 10, 10)], [0], None, "exactly one image"),
+        ([Box(0, 0, 10, 10), "  "], [0], (20, 20), "no text around its boxes"),
+        (["Where is ", (0, 0, 10, 10)], [0], (20, 20), "part 1 is a tuple"),
+        ([], [0], (20, 20), "non-empty list"),
+        (["Where is ", Box(0, 0, 30, 10)], [0], (20, 20), "outside the 20x20 image"),
+    ],
+)
+def test_bad_referring_questions(question, tiles, size, words):
+    with pytest.raises((InvalidPromptError, InvalidBoxError), match=words):
+        prompts.comprehension_prompt("seed-x-i", tiles, question, 4, image_size=size)

@@ -116,22 +116,59 @@ def lvlm_loss(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> dict[str, torch
 
 class ViTWorldHeads(nn.Module):
     """Attribute heads on the 4-to-1 pooled ViT tokens: forces those tokens (the regression targets and
-    the de-tokenizer's input) to carry every object's kind, colour, size and cell."""
+    the de-tokenizer's input) to carry every object's kind, colour, size and cell.
 
-    def __init__(self, tokens: int, dim: int, cells: int = 9, hidden: int = 256) -> None:
+    With ``raw_grid`` set (the side of the raw token raster), a second, *local* head reads each cell from
+    the mean of the raw tokens whose centres fall in it, with one MLP shared by all cells: every region
+    must then describe its own content in a position-independent code, which attention (the LLM's input
+    resampler, the de-tokenizer's perceiver) can read by looking at that region. The flattened global
+    head alone left the content spread over all tokens (linear probes: 99% from all tokens, 88-93% from
+    a cell's own tokens).
+    """
+
+    def __init__(
+        self, tokens: int, dim: int, cells: int = 9, hidden: int = 256, *, raw_grid: int | None = None
+    ) -> None:
         super().__init__()
         self.cells = cells
         self.sizes = (len(KIND_CLASSES), len(COLOUR_CLASSES), len(SIZE_CLASSES))
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(tokens * dim, hidden), nn.GELU())
         self.cell_head = nn.Linear(hidden, cells * sum(self.sizes))
         self.scene_head = nn.Linear(hidden, 4)  # background (2) + title (2)
+        self.local_head: nn.Module | None = None
+        if raw_grid is not None:
+            self.register_buffer("cell_weights", _cell_pooling(raw_grid, round(cells**0.5)), persistent=False)
+            self.local_head = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, sum(self.sizes)))
 
-    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.body(pooled)
-        cell_logits = self.cell_head(h).view(h.shape[0], self.cells, sum(self.sizes))
+    def _split(self, cell_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         kind, colour, size = cell_logits.split(self.sizes, dim=-1)
+        return {"kind": kind, "colour": colour, "size": size}
+
+    def forward(self, pooled: torch.Tensor, raw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        h = self.body(pooled)
+        out = self._split(self.cell_head(h).view(h.shape[0], self.cells, sum(self.sizes)))
         scene = self.scene_head(h)
-        return {"kind": kind, "colour": colour, "size": size, "background": scene[:, :2], "title": scene[:, 2:]}
+        out.update(background=scene[:, :2], title=scene[:, 2:])
+        if self.local_head is not None:
+            if raw is None:
+                raise ValueError("local heads need the raw ViT tokens")
+            per_cell = torch.einsum("ct,btd->bcd", self.cell_weights.to(raw.dtype), raw)  # (B, cells, dim)
+            out.update({f"local_{k}": v for k, v in self._split(self.local_head(per_cell)).items()})
+        return out
+
+
+def _cell_pooling(raw_grid: int, grid: int) -> torch.Tensor:
+    """(grid², raw_grid²) averaging weights: each world cell's mean over the raw tokens centred in it."""
+    centre_cell = [min(grid - 1, int((i + 0.5) * grid / raw_grid)) for i in range(raw_grid)]
+    weights = torch.zeros(grid * grid, raw_grid * raw_grid)
+    for row in range(raw_grid):
+        for col in range(raw_grid):
+            weights[centre_cell[row] * grid + centre_cell[col], row * raw_grid + col] = 1.0
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def _target_of(name: str) -> str:
+    return name.removeprefix("local_")
 
 
 def vit_world_pretrain(
@@ -142,21 +179,27 @@ def vit_world_pretrain(
     *,
     batch_size: int = 32,
     progress: bool = True,
+    local_heads: bool = False,
 ) -> tuple[LoopResult, float]:
     """Train the ViT (+ throw-away heads) to read the world; returns the loop result and held-out
-    per-attribute accuracy (mean over cells/attributes) of the final weights."""
+    per-attribute accuracy (mean over cells/attributes, global heads) of the final weights.
+
+    ``local_heads`` adds the shared per-cell head on the raw tokens (``ViTWorldHeads``)."""
     pooled_tokens = vision.config.num_output_tokens // 4
-    heads = ViTWorldHeads(pooled_tokens, vision.config.output_dim)
+    raw_grid = vision.config.pool_grid if local_heads else None
+    heads = ViTWorldHeads(pooled_tokens, vision.config.output_dim, raw_grid=raw_grid)
     vision.requires_grad_(True)
 
     def logits_and_targets(step: int, n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         batch = data.scenes(step, n)
-        pooled = pool_tokens_4to1(vision(batch.vit_pixels))
-        return heads(pooled), scene_targets(batch.scenes)
+        raw = vision(batch.vit_pixels)
+        return heads(pool_tokens_4to1(raw), raw), scene_targets(batch.scenes)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         logits, targets = logits_and_targets(step, batch_size)
-        losses = {name: F.cross_entropy(logits[name].flatten(0, -2), targets[name].flatten()) for name in logits}
+        losses = {
+            name: F.cross_entropy(logits[name].flatten(0, -2), targets[_target_of(name)].flatten()) for name in logits
+        }
         return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
 
     modules = {"vision": vision, "heads": heads}
@@ -166,7 +209,8 @@ def vit_world_pretrain(
     with torch.no_grad():
         vision.eval(), heads.eval()
         logits, targets = logits_and_targets(10**6 - 1, 256)  # a step index the run never reaches
-        accuracy = sum(float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in logits) / len(logits)
+        names = [k for k in logits if not k.startswith("local_")]
+        accuracy = sum(float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in names) / len(names)
     frozen(vision)
     return result, accuracy
 
@@ -399,6 +443,7 @@ class MiniSchedule:
     lvlm_batch: int = 16
     agent_batch: int = 8
     agent_scramble: float = 0.0  # share of copy-drill dialogs (WorldData.agent_examples); 0.4 did not help
+    vit_local_heads: bool = False  # ViTWorldHeads' shared per-cell head on the raw tokens (not in the bundle yet)
     seed: int = 0
 
     def scaled(self, factor: float) -> MiniSchedule:
@@ -504,6 +549,7 @@ def run_mini(
             loop(schedule.vit_steps, 1e-3, 50),
             batch_size=schedule.vit_batch,
             progress=progress,
+            local_heads=schedule.vit_local_heads,
         )
         if not record("vit", result, heldout_accuracy=accuracy):
             return report

@@ -19,6 +19,8 @@ from seedx_agent.training.loop import LoopConfig
 from seedx_agent.training.recipes import (
     LoraSettings,
     MiniSchedule,
+    ViTWorldHeads,
+    _cell_pooling,
     apply_lora,
     assemble_mini,
     detokenizer_stage1,
@@ -32,7 +34,7 @@ from seedx_agent.training.recipes import (
     vit_features,
     vit_world_pretrain,
 )
-from seedx_agent.training.world_data import WorldData
+from seedx_agent.training.world_data import KIND_CLASSES, WorldData
 from seedx_agent.vision import pool_tokens_4to1
 
 
@@ -69,13 +71,40 @@ def detok_loss(detok, vision, batch, stage: int) -> float:
         return float(detok.training_loss(batch.target_pixels, features, **kwargs))
 
 
-def test_vit_stage_learns_the_world(tiny, tmp_path: Path) -> None:
+@pytest.mark.parametrize("local_heads", [False, True])
+def test_vit_stage_learns_the_world(tiny, tmp_path: Path, local_heads: bool) -> None:
     _config, _, parts, data = tiny
     vision = copy.deepcopy(parts.vision)
-    result, accuracy = vit_world_pretrain(vision, data, tmp_path, loop(8, 3e-3), batch_size=8)
+    result, accuracy = vit_world_pretrain(vision, data, tmp_path, loop(8, 3e-3), batch_size=8, local_heads=local_heads)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert ("local_kind" in result.history[-1]) is local_heads
+    if local_heads:
+        assert result.history[-1]["local_colour"] < result.history[0]["local_colour"]
     assert 0.0 <= accuracy <= 1.0
     assert not any(p.requires_grad for p in vision.parameters())  # frozen afterwards
+
+
+def test_local_heads_pool_each_cell_from_its_own_tokens() -> None:
+    weights = _cell_pooling(8, 3)  # an 8x8 raster: token centres 4, 12, 20 | 28, 36 | 44, 52, 60 px of 64
+    assert weights.shape == (9, 64)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(9))
+    assert ((weights > 0).sum(dim=0) == 1).all()  # every token belongs to exactly one cell
+    rows = [3, 2, 3]
+    assert [int((weights[cell] > 0).sum()) for cell in range(9)] == [r * c for r in rows for c in rows]
+    centre = weights[4].view(8, 8)
+    assert centre[3:5, 3:5].gt(0).all() and centre.gt(0).sum() == 4
+    heads = ViTWorldHeads(16, 16, raw_grid=8)
+    raw = torch.randn(2, 64, 16)
+    out = heads(pool_tokens_4to1(raw), raw)
+    assert out["local_kind"].shape == out["kind"].shape == (2, 9, len(KIND_CLASSES))
+    # a cell's local logits depend on that cell's tokens only
+    changed = raw.clone().view(2, 8, 8, 16)
+    changed[:, 0, 0] += 5.0  # a token of the top-left cell
+    again = heads(pool_tokens_4to1(raw), changed.view(2, 64, 16))
+    moved = (again["local_colour"] - out["local_colour"]).abs().amax(dim=(0, 2))
+    assert moved[0] > 0 and torch.all(moved[1:] == 0)
+    with pytest.raises(ValueError, match="raw ViT tokens"):
+        heads(pool_tokens_4to1(raw))
 
 
 def test_detokenizer_stages_lower_the_loss(tiny, tmp_path: Path) -> None:
