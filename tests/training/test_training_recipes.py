@@ -25,6 +25,7 @@ from seedx_agent.training.recipes import (
     assemble_mini,
     detokenizer_stage1,
     detokenizer_stage2,
+    input_resampler_align,
     lvlm_loss,
     lvlm_pretrain,
     lvlm_sft,
@@ -107,6 +108,21 @@ def test_local_heads_pool_each_cell_from_its_own_tokens() -> None:
         heads(pool_tokens_4to1(raw))
 
 
+def test_input_resampler_align_trains_only_the_input_side(tiny, tmp_path: Path) -> None:
+    _config, _, parts, data = tiny
+    lvlm = copy.deepcopy(parts.lvlms["seed-x-i"])
+    before = {k: v.clone() for k, v in lvlm.state_dict().items()}
+    result, accuracy = input_resampler_align(lvlm, parts.vision, data, tmp_path, loop(8, 3e-3), batch_size=8)
+    assert result.finished and result.history[-1]["loss"] < result.history[0]["loss"]
+    assert 0.0 <= accuracy <= 1.0
+    changed = {k for k, v in lvlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("input_resampler.", "patch_pos_embed")) for k in changed)
+    assert any(k.startswith("input_resampler.") for k in changed) and "patch_pos_embed" in changed
+    assert all(p.requires_grad for p in lvlm.parameters())  # ready for pre-training
+    with pytest.raises(ConfigError, match="cannot cover"):
+        _cell_pooling(2, 3)
+
+
 def test_detokenizer_stages_lower_the_loss(tiny, tmp_path: Path) -> None:
     config, _, parts, data = tiny
     vision, detok = parts.vision, copy.deepcopy(parts.detokenizers[1])
@@ -187,6 +203,7 @@ def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
         detok_batch=2,
         lvlm_batch=2,
         agent_batch=1,
+        align_steps=1,
     )
     run = tmp_path / "run"
     config = SeedXConfig.from_preset("tiny-random").model_copy(
@@ -197,7 +214,15 @@ def test_miniature_recipe_runs_resumes_and_assembles(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="instruction tuning"):
         run_mini(run, schedule=schedule, stages=("vit", "lvlm-agent"), progress=False, config=config)
     report = run_mini(run, schedule=schedule, progress=False, config=config)
-    assert set(report["stages"]) == {"vit", "detokenizer-1", "detokenizer-2", "lvlm-pretrain", "lvlm-sft", "lvlm-agent"}
+    assert set(report["stages"]) == {
+        "vit",
+        "detokenizer-1",
+        "detokenizer-2",
+        "lvlm-align",
+        "lvlm-pretrain",
+        "lvlm-sft",
+        "lvlm-agent",
+    }
     assert all(stage["finished"] for stage in report["stages"].values())
     again = run_mini(
         run, schedule=schedule, stages=("lvlm-pretrain",), progress=False, config=config
@@ -225,6 +250,8 @@ def test_schedule_stage_steps_override_and_errors() -> None:
         MiniSchedule().with_steps({"detokenizer-3": 5})
     with pytest.raises(ConfigError, match="positive integers"):
         MiniSchedule().with_steps({"vit": 0})
+    assert MiniSchedule().scaled(0.5).align_steps == 0  # a skipped stage stays skipped
+    assert MiniSchedule(align_steps=400).scaled(0.5).align_steps == 200
 
 
 def test_cli_stage_steps_parsing() -> None:
