@@ -173,8 +173,42 @@ def _cell_pooling(raw_grid: int, grid: int) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def _target_of(name: str) -> str:
-    return name.removeprefix("local_")
+def _train_world_heads(
+    name: str,
+    heads: ViTWorldHeads,
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    data: WorldData,
+    out_dir: str | Path,
+    modules: dict[str, nn.Module],
+    params: list[nn.Parameter],
+    loop: LoopConfig,
+    batch_size: int,
+    progress: bool,
+) -> tuple[LoopResult, float]:
+    """Shared by the ViT and input-alignment stages: cross-entropy of ``heads`` on the world's per-cell
+    targets, where ``encode(vit_pixels)`` gives the (pooled, raw) tokens the heads read. Returns the loop
+    result and the held-out accuracy of the global heads (mean over cells and attributes)."""
+
+    def logits_and_targets(step: int, n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        batch = data.scenes(step, n)
+        return heads(*encode(batch.vit_pixels)), scene_targets(batch.scenes)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        logits, targets = logits_and_targets(step, batch_size)
+        losses = {
+            key: F.cross_entropy(value.flatten(0, -2), targets[key.removeprefix("local_")].flatten())
+            for key, value in logits.items()
+        }
+        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+
+    result = run_loop(name, out_dir, modules, params, step_fn, loop, progress=progress)
+    with torch.no_grad():
+        for module in modules.values():
+            module.eval()
+        logits, targets = logits_and_targets(10**6 - 1, 256)  # a step index the run never reaches
+        names = [k for k in logits if not k.startswith("local_")]
+        accuracy = sum(float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in names) / len(names)
+    return result, accuracy
 
 
 def vit_world_pretrain(
@@ -196,29 +230,15 @@ def vit_world_pretrain(
     heads = ViTWorldHeads(pooled_tokens, vision.config.output_dim, raw_grid=raw_grid)
     vision.requires_grad_(True)
 
-    def logits_and_targets(step: int, n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        batch = data.scenes(step, n)
-        raw = vision(batch.vit_pixels)
-        return heads(pool_tokens_4to1(raw), raw), scene_targets(batch.scenes)
-
-    def step_fn(step: int) -> dict[str, torch.Tensor]:
-        logits, targets = logits_and_targets(step, batch_size)
-        losses = {
-            name: F.cross_entropy(logits[name].flatten(0, -2), targets[_target_of(name)].flatten()) for name in logits
-        }
-        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+    def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = vision(pixels)
+        return pool_tokens_4to1(raw), raw
 
     modules = {"vision": vision, "heads": heads}
-    result = run_loop(
-        "vit", out_dir, modules, [*vision.parameters(), *heads.parameters()], step_fn, loop, progress=progress
-    )
-    with torch.no_grad():
-        vision.eval(), heads.eval()
-        logits, targets = logits_and_targets(10**6 - 1, 256)  # a step index the run never reaches
-        names = [k for k in logits if not k.startswith("local_")]
-        accuracy = sum(float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in names) / len(names)
+    params = [*vision.parameters(), *heads.parameters()]
+    result = _train_world_heads("vit", heads, encode, data, out_dir, modules, params, loop, batch_size, progress)
     frozen(vision)
-    return result, accuracy
+    return result
 
 
 def input_resampler_align(
@@ -253,28 +273,16 @@ def input_resampler_align(
     probe = preprocess(world.render(world.random_scene(random.Random(0)), size), vision.config, ("1x1",))
     position = probe.patch_positions[-1:]  # the thumbnail's: every world image is one square crop
 
-    def logits_and_targets(step: int, n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        batch = data.scenes(step, n)
-        embeds = lvlm.embed_images(vit_features(vision, batch.vit_pixels), position.expand(n, -1))
-        return heads(embeds, embeds), scene_targets(batch.scenes)
-
-    def step_fn(step: int) -> dict[str, torch.Tensor]:
-        logits, targets = logits_and_targets(step, batch_size)
-        losses = {
-            name: F.cross_entropy(logits[name].flatten(0, -2), targets[_target_of(name)].flatten()) for name in logits
-        }
-        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+    def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = lvlm.embed_images(vit_features(vision, pixels), position.expand(len(pixels), -1))
+        return embeds, embeds
 
     params = [*lvlm.input_resampler.parameters(), lvlm.patch_pos_embed, *heads.parameters()]
     modules = {"lvlm": lvlm, "heads": heads}
-    result = run_loop("lvlm-align", out_dir, modules, params, step_fn, loop, progress=progress)
-    with torch.no_grad():
-        heads.eval()
-        logits, targets = logits_and_targets(10**6 - 1, 256)
-        names = [k for k in logits if not k.startswith("local_")]
-        accuracy = sum(float((logits[k].argmax(-1) == targets[k]).float().mean()) for k in names) / len(names)
+    result = _train_world_heads("lvlm-align", heads, encode, data, out_dir, modules, params, loop, batch_size, progress)
     lvlm.requires_grad_(True)
-    return result, accuracy
+    lvlm.train()
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
