@@ -27,6 +27,7 @@ from seedx_agent.errors import ConfigError, InvalidImageError
 from seedx_agent.images import to_rgb
 
 __all__ = [
+    "THUMBNAIL_POSITION",
     "AnyResCrops",
     "crop_image",
     "parse_grids",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 Size = tuple[int, int]  # (width, height) in pixels
+THUMBNAIL_POSITION = (0.5, 0.5)  # (x, y) patch position of every image's thumbnail crop
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ def crop_image(
             crops.append(resized.crop((col * side, row * side, (col + 1) * side, (row + 1) * side)))
             positions.append(((col + 0.5) / cols, (row + 0.5) / rows))
     crops.append(image.resize((side, side), Image.Resampling.BICUBIC))
-    positions.append((0.5, 0.5))
+    positions.append(THUMBNAIL_POSITION)
     return crops, positions, (cols, rows)
 
 
@@ -249,7 +251,7 @@ def _assemble(
     pixels[:-1] = grid_pixels.reshape(rows, side, cols, side, 3).transpose(0, 2, 1, 3, 4).reshape(-1, side, side, 3)
     pixels[-1] = np.asarray(thumbnail)
     positions = [((col + 0.5) / cols, (row + 0.5) / rows) for row in range(rows) for col in range(cols)]
-    positions.append((0.5, 0.5))
+    positions.append(THUMBNAIL_POSITION)
     return AnyResCrops(
         pixel_values=_normalise(pixels, config),
         patch_positions=torch.tensor(positions, dtype=torch.float32),  # (k+1, 2)

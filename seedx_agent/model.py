@@ -436,7 +436,7 @@ class SeedX:
             tiles,
             question,
             self.config.lvlm.num_image_tokens,  # type: ignore[arg-type]
-            image_size=pil[0].size if len(pil) == 1 else None,
+            image_size=pil[0].size,  # boxes refer to it; the prompt refuses boxes with several images
         )
         out = self._run_llm(lvlm, prompt, crops, self._options(options), on_token)
         raw = self._answer_text(out.token_ids)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -259,7 +258,7 @@ def input_resampler_align(
     reads), and the LLM learns to answer from the blur. This step first trains it, with the ViT frozen,
     under ``ViTWorldHeads`` (global plus per-cell local heads on its output grid). Returns the loop
     result and the held-out per-cell accuracy of the global heads."""
-    from seedx_agent.anyres import preprocess
+    from seedx_agent.anyres import THUMBNAIL_POSITION
     from seedx_agent.miniature import world
 
     frozen(vision)
@@ -269,9 +268,8 @@ def input_resampler_align(
     tokens, hidden = lvlm.config.num_image_tokens, lvlm.llm.config.hidden_size
     side = round(tokens**0.5)
     heads = ViTWorldHeads(tokens, hidden, raw_grid=side if side >= world.GRID else None)  # local heads if they fit
-    size = vision.config.image_size
-    probe = preprocess(world.render(world.random_scene(random.Random(0)), size), vision.config, ("1x1",))
-    position = probe.patch_positions[-1:]  # the thumbnail's: every world image is one square crop
+    # World images are square: their 1x1 tile and thumbnail both sit at the thumbnail's position.
+    position = torch.tensor([THUMBNAIL_POSITION])
 
     def encode(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = lvlm.embed_images(vit_features(vision, pixels), position.expand(len(pixels), -1))
