@@ -480,6 +480,7 @@ class Detokenizer(nn.Module):
         negative_features: torch.Tensor | None = None,
         condition_drop_prob: float = 0.0,
         time_ids: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Stage-1/2 objective (§9.3): DDPM-noise the target latents, predict the noise, MSE.
 
@@ -488,7 +489,9 @@ class Detokenizer(nn.Module):
         space); stage-2 condition latents are the unscaled posterior mode, as at inference.
         ``uncond_prob`` swaps a row's conditioning for ``negative_features`` (classifier-free training);
         ``condition_drop_prob`` zeroes a row's condition latents (the three-way CFG's no-image branch).
-        ``time_ids`` (B, 6) default to [H, W, 0, 0, H, W]. The VAE is not trained.
+        ``time_ids`` (B, 6) default to [H, W, 0, 0, H, W]. ``timesteps`` (B,) fixes each row's noise level
+        (diagnostics such as ``training.probes.conditioning_use``); by default they are uniform over the
+        training steps. The VAE is not trained.
         """
         _check_features("features", features, self.config.perceiver.input_dim)
         batch = features.shape[0]
@@ -522,7 +525,20 @@ class Detokenizer(nn.Module):
 
         noise = torch.randn(latents.shape, generator=generator, device=noise_device).to(device)
         num_train_steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, num_train_steps, (batch,), generator=generator, device=noise_device).to(device)
+        if timesteps is None:
+            timesteps = torch.randint(0, num_train_steps, (batch,), generator=generator, device=noise_device)
+        elif (
+            not isinstance(timesteps, torch.Tensor)
+            or tuple(timesteps.shape) != (batch,)
+            or timesteps.is_floating_point()
+            or bool((timesteps < 0).any())
+            or bool((timesteps >= num_train_steps).any())
+        ):
+            raise ConfigError(
+                f"timesteps must be an integer tensor of shape ({batch},) with values in [0, {num_train_steps}), "
+                f"got {timesteps!r}"
+            )
+        timesteps = timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
         prompt_embeds, pooled = self.encode(features)  # (B, L, cross), (B, pooled)

@@ -1,0 +1,156 @@
+"""Diagnostics of a trained miniature: where does the scene get lost between the ViT and the pixels?
+
+- ``cell_probes``: closed-form ridge-regression probes of per-cell kind and colour from any features of a
+  scene batch (ViT tokens, the LLM's input-resampler tokens, the de-tokenizer's perceiver outputs). A
+  stage that reads features the probe decodes at ~100% but still gets the scene wrong is the bottleneck.
+- ``conditioning_use``: a de-tokenizer's denoising loss per timestep band with each image's own features
+  and with another image's. At high noise the UNet can only draw from its conditioning, so the gap there
+  says how much it uses it, and the remaining loss how far it is from drawing the scene exactly.
+
+Ridge regression rather than SGD: a probe is one linear solve, exact and fast on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from seedx_agent.detokenizer import Detokenizer
+from seedx_agent.errors import ConfigError
+from seedx_agent.training.world_data import SceneBatch, WorldData, scene_targets
+from seedx_agent.vision import QwenViT
+
+__all__ = ["BandLoss", "cell_probes", "conditioning_use", "ridge_probe"]
+
+PROBE_TARGETS = ("kind", "colour")  # per-cell labels of ``scene_targets`` (class 0 = empty cell)
+DEFAULT_BANDS = ((0, 200), (200, 500), (500, 800), (800, 1000))
+# Probe test batches come from steps far past any training run's, so the probe never saw them.
+_PROBE_TEST_STEP = 10**6
+
+
+def ridge_probe(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *, l2: float = 10.0
+) -> float:
+    """Accuracy of a linear read-out of per-cell classes: features (n, dims), labels (n, cells) long.
+
+    Features are standardised on the training rows; one ridge solve maps them to one-hot labels of every
+    cell at once and each test cell takes its arg-max class. Returns the share of test cells right."""
+    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise ConfigError(
+            f"features must be (n, dims) with equal dims, got {tuple(train_x.shape)} and {tuple(test_x.shape)}"
+        )
+    if train_y.shape[0] != train_x.shape[0] or test_y.shape[0] != test_x.shape[0] or train_y.ndim != 2:
+        raise ConfigError("labels must be (n, cells) with one row per feature row")
+    if l2 <= 0:
+        raise ConfigError(f"l2 must be positive, got {l2}")
+    mean, std = train_x.double().mean(0), train_x.double().std(0) + 1e-6
+    ones = torch.ones(1, dtype=torch.float64)
+
+    def design(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(x.double() - mean) / std, ones.expand(len(x), 1)], dim=1)  # (n, dims + 1)
+
+    a, b = design(train_x), design(test_x)
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    cells = train_y.shape[1]
+    onehot = torch.nn.functional.one_hot(train_y, classes).double().flatten(1)  # (n, cells * classes)
+    weights = torch.linalg.solve(a.T @ a + l2 * torch.eye(a.shape[1], dtype=torch.float64), a.T @ onehot)
+    predicted = (b @ weights).view(len(b), cells, classes).argmax(-1)
+    return float((predicted == test_y).double().mean())
+
+
+def cell_probes(
+    features: Mapping[str, Callable[[SceneBatch], torch.Tensor]],
+    data: WorldData,
+    *,
+    train_batches: int = 60,
+    test_batches: int = 10,
+    batch_size: int = 64,
+    l2: float = 10.0,
+) -> dict[str, dict[str, float]]:
+    """Per-cell kind/colour probe accuracy of each named feature function (scene batch -> (n, ...)).
+
+    e.g. ``{"vit": lambda b: vit_features(vision, b.vit_pixels)}``; features are flattened per scene."""
+    if train_batches < 1 or test_batches < 1 or batch_size < 1:
+        raise ConfigError("train_batches, test_batches and batch_size must be positive")
+
+    def collect(first_step: int, batches: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        rows: dict[str, list[torch.Tensor]] = {name: [] for name in features}
+        labels: dict[str, list[torch.Tensor]] = {key: [] for key in PROBE_TARGETS}
+        for step in range(first_step, first_step + batches):
+            batch = data.scenes(step, batch_size)
+            with torch.no_grad():
+                for name, fn in features.items():
+                    rows[name].append(fn(batch).flatten(1).float().cpu())
+            targets = scene_targets(batch.scenes)
+            for key in PROBE_TARGETS:
+                labels[key].append(targets[key])
+        return {k: torch.cat(v) for k, v in rows.items()}, {k: torch.cat(v) for k, v in labels.items()}
+
+    train_x, train_y = collect(0, train_batches)
+    test_x, test_y = collect(_PROBE_TEST_STEP, test_batches)
+    return {
+        name: {key: ridge_probe(train_x[name], train_y[key], test_x[name], test_y[key], l2=l2) for key in PROBE_TARGETS}
+        for name in features
+    }
+
+
+@dataclass(frozen=True)
+class BandLoss:
+    """Denoising loss of one timestep band with the images' own features and with another image's."""
+
+    low: int
+    high: int
+    own: float
+    other: float
+
+
+@torch.no_grad()
+def conditioning_use(
+    detok: Detokenizer,
+    vision: QwenViT,
+    data: WorldData,
+    *,
+    bands: Sequence[tuple[int, int]] = DEFAULT_BANDS,
+    n: int = 48,
+    pooled: bool = False,
+    seed: int = 0,
+) -> list[BandLoss]:
+    """Stage-1 loss per timestep band on ``n`` fresh scenes, own vs. shifted-by-one features (same noise).
+
+    ``pooled`` feeds the 4-to-1 pooled tokens (the LLM-output path) instead of the raw ViT tokens."""
+    from seedx_agent.training.recipes import vit_features
+    from seedx_agent.vision import pool_tokens_4to1
+
+    if detok.stage != 1:
+        raise ConfigError(f"conditioning_use probes a stage-1 de-tokenizer, got stage {detok.stage}")
+    if n < 2:
+        raise ConfigError(f"n must be at least 2 (features are swapped between images), got {n}")
+    steps = detok.noise_scheduler.config.num_train_timesteps
+    for low, high in bands:
+        if not 0 <= low < high <= steps:
+            raise ConfigError(f"band ({low}, {high}) must satisfy 0 <= low < high <= {steps}")
+    batch = data.scenes(_PROBE_TEST_STEP, n)
+    features = vit_features(vision, batch.vit_pixels)
+    if pooled:
+        features = pool_tokens_4to1(features)
+    other = features.roll(1, dims=0)
+    was_training = detok.training
+    detok.eval()
+    results = []
+    try:
+        for low, high in bands:
+            timesteps = torch.randint(low, high, (n,), generator=torch.Generator().manual_seed(seed))
+            losses = [
+                float(
+                    detok.training_loss(
+                        batch.target_pixels, f, generator=torch.Generator().manual_seed(seed), timesteps=timesteps
+                    )
+                )
+                for f in (features, other)
+            ]
+            results.append(BandLoss(low, high, *losses))
+    finally:
+        detok.train(was_training)
+    return results

@@ -1,0 +1,97 @@
+"""The miniature's diagnostics: ridge probes read what is linearly there and nothing else, and the
+de-tokenizer's per-band loss compares own and swapped features under the same noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seedx_agent.components import build_components
+from seedx_agent.config import SeedXConfig
+from seedx_agent.errors import ConfigError
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.training.probes import BandLoss, cell_probes, conditioning_use, ridge_probe
+from seedx_agent.training.recipes import vit_features
+from seedx_agent.training.world_data import WorldData, scene_targets
+
+
+def _labels(n: int, cells: int, classes: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, classes, (n, cells), generator=torch.Generator().manual_seed(seed))
+
+
+def test_ridge_probe_reads_a_linear_code_and_not_noise() -> None:
+    train_y, test_y = _labels(400, 9, 4, 0), _labels(200, 9, 4, 1)
+    mixing = torch.randn(36, 50, generator=torch.Generator().manual_seed(2))
+
+    def encode(labels: torch.Tensor) -> torch.Tensor:  # one-hot per cell, linearly mixed into 50 dims
+        return torch.nn.functional.one_hot(labels, 4).float().flatten(1) @ mixing
+
+    assert ridge_probe(encode(train_y), train_y, encode(test_y), test_y, l2=1e-3) == 1.0
+    noise = torch.randn(600, 50, generator=torch.Generator().manual_seed(3))
+    chance = ridge_probe(noise[:400], train_y, noise[400:], test_y)
+    assert chance < 0.4  # 4 classes: chance is 0.25
+
+
+def test_ridge_probe_rejects_mismatched_shapes() -> None:
+    x, y = torch.randn(10, 5), _labels(10, 9, 3, 0)
+    with pytest.raises(ConfigError, match="equal dims"):
+        ridge_probe(x, y, torch.randn(4, 6), y[:4])
+    with pytest.raises(ConfigError, match="one row per feature row"):
+        ridge_probe(x, y[:9], x, y)
+    with pytest.raises(ConfigError, match="l2 must be positive"):
+        ridge_probe(x, y, x, y, l2=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = SeedXConfig.from_preset("tiny-random")
+    tokenizer = SeedXTokenizer.tiny()
+    parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=0)
+    return parts, WorldData(config, tokenizer)
+
+
+def test_cell_probes_read_the_labels_back(tiny) -> None:
+    parts, data = tiny
+    oracle = {  # the labels themselves are perfectly decodable; a constant is not
+        "labels": lambda batch: torch.nn.functional.one_hot(scene_targets(batch.scenes)["colour"], 7).float(),
+        "constant": lambda batch: torch.ones(len(batch.scenes), 3),
+        "vit": lambda batch: vit_features(parts.vision, batch.vit_pixels),
+    }
+    result = cell_probes(oracle, data, train_batches=4, test_batches=2, batch_size=32)
+    assert result["labels"]["colour"] == 1.0
+    assert result["constant"]["colour"] < result["labels"]["colour"]
+    assert set(result["vit"]) == {"kind", "colour"} and 0.0 <= result["vit"]["kind"] <= 1.0
+
+
+def test_conditioning_use_same_noise_own_vs_swapped(tiny) -> None:
+    parts, data = tiny
+    detok = parts.detokenizers[1].train()
+    bands = conditioning_use(detok, parts.vision, data, bands=((0, 500), (500, 1000)), n=4)
+    assert [(b.low, b.high) for b in bands] == [(0, 500), (500, 1000)]
+    assert all(isinstance(b, BandLoss) and b.own > 0 and b.other > 0 for b in bands)
+    assert bands == conditioning_use(detok, parts.vision, data, bands=((0, 500), (500, 1000)), n=4)  # deterministic
+    assert detok.training  # probed in eval mode, then left as it was found
+    with pytest.raises(ConfigError, match="band"):
+        conditioning_use(detok, parts.vision, data, bands=((10, 5),))
+    with pytest.raises(ConfigError, match="at least 2"):
+        conditioning_use(detok, parts.vision, data, n=1)
+
+
+def test_training_loss_fixed_timesteps(tiny) -> None:
+    parts, data = tiny
+    detok = parts.detokenizers[1]
+    batch = data.scenes(0, 2)
+    features = vit_features(parts.vision, batch.vit_pixels)
+    with torch.no_grad():
+        fixed = [
+            float(
+                detok.training_loss(
+                    batch.target_pixels, features, generator=torch.Generator().manual_seed(0), timesteps=torch.tensor(t)
+                )
+            )
+            for t in ([5, 5], [5, 5], [995, 995])
+        ]
+    assert fixed[0] == fixed[1] and fixed[0] != fixed[2]
+    for bad in (torch.tensor([1]), torch.tensor([0.5, 1.0]), torch.tensor([-1, 3]), torch.tensor([0, 1000])):
+        with pytest.raises(ConfigError, match="timesteps must be"):
+            detok.training_loss(batch.target_pixels, features, timesteps=bad)
