@@ -118,6 +118,7 @@ def _presets() -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a recipe; ``mini`` runs every stage of the miniature and assembles the model."""
+    from seedx_agent.training.loop import distributed_context
     from seedx_agent.training.recipes import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
 
     if args.recipe != "mini":
@@ -139,6 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.quiet,
     )
+    if not distributed_context().is_main:  # data-parallel run: the first process reports and assembles
+        return 0
     print(json.dumps(report, indent=2, default=str))
     if stages == MINI_STAGES and all(s.get("finished") for s in report["stages"].values()):
         folder = assemble_mini(args.out, Path(args.out) / "model", schedule=schedule)

@@ -6,6 +6,11 @@ the run that was interrupted. Checkpoints are safetensors (weights and optimiser
 state file, written into a temporary folder and renamed, so a kill at any moment leaves the previous
 checkpoint intact. A time budget (``max_minutes``) stops a run cleanly after a checkpoint; calling
 the recipe again continues it.
+
+Data parallelism: launched with several processes (``torchrun --nproc_per_node N`` or ``accelerate
+launch``), the process group is set up through accelerate (NCCL on GPUs, gloo on CPU); process ``r`` of
+``N`` builds its batch with ``step_fn(step * N + r)``, gradients are averaged across processes before
+clipping, and only process 0 writes logs and checkpoints. One process is exactly the plain loop.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import uuid
@@ -21,13 +27,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seedx_agent.errors import CheckpointError, ConfigError
 
-__all__ = ["LoopConfig", "LoopResult", "load_trainable_state", "lr_at", "run_loop", "trainable_state"]
+__all__ = [
+    "DistributedContext",
+    "LoopConfig",
+    "LoopResult",
+    "distributed_context",
+    "load_trainable_state",
+    "lr_at",
+    "run_loop",
+    "trainable_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +88,65 @@ class LoopResult:
     losses: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a data-parallel run: rank, world size and the device it should train on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_context() -> DistributedContext:
+    """Rank 0 of 1 on CPU outside a launcher; under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1)
+    the process group is initialised through accelerate if it is not already (NCCL with one GPU per
+    process, gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        on_gpu = torch.cuda.is_available()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_gpu else torch.device("cpu")
+        return DistributedContext(dist.get_rank(), dist.get_world_size(), device)
+    return DistributedContext(0, 1, torch.device("cpu"))
+
+
+# Gradients are averaged in flat buckets of at most this many elements (bounded extra memory).
+_BUCKET_ELEMENTS = 1 << 24
+
+
+def _average_gradients(params: Sequence[nn.Parameter], world_size: int) -> None:
+    """All-reduce every parameter's gradient to the mean over processes; a missing gradient counts as 0
+    (and is set), so that every process applies the same update."""
+    bucket: list[nn.Parameter] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal bucket, size
+        if not bucket:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for p in bucket:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        bucket, size = [], 0
+
+    for param in params:
+        if size and size + param.numel() > _BUCKET_ELEMENTS:
+            flush()
+        bucket.append(param)
+        size += param.numel()
+    flush()
 
 
 def lr_at(step: int, config: LoopConfig) -> float:
@@ -189,7 +264,10 @@ def run_loop(
 ) -> LoopResult:
     """Optimise ``parameters`` for ``config.steps`` steps of ``step_fn`` (which returns a dict with a
     ``"loss"`` entry to minimise plus any components to log), resuming from ``out_dir`` if a
-    checkpoint is there. ``modules`` are what a checkpoint saves (their full state dicts)."""
+    checkpoint is there. ``modules`` are what a checkpoint saves (their full state dicts). Under a
+    multi-process launcher the loop is data-parallel (module doc); ``step_fn`` must return the same keys
+    on every process."""
+    ctx = distributed_context()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params = [p for p in parameters if p.requires_grad]
@@ -209,7 +287,7 @@ def run_loop(
         module.train()
     started = last_checkpoint = time.monotonic()
     bar = None
-    if progress:
+    if progress and ctx.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
@@ -223,23 +301,32 @@ def run_loop(
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            torch.manual_seed(config.seed * 1_000_003 + step)  # noise, dropout: a function of the step
+            # noise, dropout: a function of the step (and of the process, in a data-parallel run)
+            torch.manual_seed(config.seed * 1_000_003 + step + ctx.rank * 1_000_003_000)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16):
-                losses = step_fn(step)
+                losses = step_fn(step * ctx.world_size + ctx.rank)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
+            values = {key: value.detach().float() for key, value in losses.items()}
+            if ctx.world_size > 1:  # mean over processes: logged values, and one finite check for all
+                stacked = torch.stack(list(values.values())).to(ctx.device)
+                dist.all_reduce(stacked)
+                values = dict(zip(values, (stacked / ctx.world_size).cpu()))
+            if not torch.isfinite(values["loss"]):
                 raise FloatingPointError(
-                    f"{name}: loss became {loss.item()} at step {step}; lower the learning rate or check the data"
+                    f"{name}: loss became {float(values['loss'])} at step {step}; lower the learning rate or "
+                    "check the data"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if ctx.world_size > 1:
+                _average_gradients(params, ctx.world_size)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             step += 1
             count += 1
-            for key, value in losses.items():
-                running[key] = running.get(key, 0.0) + float(value.detach())
+            for key, value in values.items():
+                running[key] = running.get(key, 0.0) + float(value)
             if bar is not None:
                 bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
@@ -247,15 +334,24 @@ def run_loop(
                 elapsed = time.monotonic() - started
                 record = {"step": step, "lr": lr, **means, "elapsed_s": round(elapsed, 1)}
                 history.append(record)
-                with log_path.open("a") as log:
-                    log.write(json.dumps(record) + "\n")
+                if ctx.is_main:
+                    with log_path.open("a") as log:
+                        log.write(json.dumps(record) + "\n")
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()})
                 running, count = {}, 0
             now = time.monotonic()
             out_of_time = config.max_minutes is not None and now - started > 60 * config.max_minutes
-            if now - last_checkpoint > config.checkpoint_every_s or step == config.steps or out_of_time:
-                _save_checkpoint(out, modules, optimizer, step, config, history)
+            due = now - last_checkpoint > config.checkpoint_every_s
+            if ctx.world_size > 1:  # clocks differ: every process follows the first to decide
+                flags = torch.tensor([float(out_of_time), float(due)], device=ctx.device)
+                dist.broadcast(flags, src=0)
+                out_of_time, due = bool(flags[0]), bool(flags[1])
+            if due or step == config.steps or out_of_time:
+                if ctx.is_main:
+                    _save_checkpoint(out, modules, optimizer, step, config, history)
+                if ctx.world_size > 1:
+                    dist.barrier()
                 last_checkpoint = now
                 if on_checkpoint is not None:
                     on_checkpoint(step)

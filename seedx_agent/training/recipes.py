@@ -41,7 +41,7 @@ from seedx_agent.errors import ConfigError
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.training.examples import Batch, TrainingExample, collate
-from seedx_agent.training.loop import LoopConfig, LoopResult, load_trainable_state, run_loop
+from seedx_agent.training.loop import LoopConfig, LoopResult, distributed_context, load_trainable_state, run_loop
 from seedx_agent.training.world_data import COLOUR_CLASSES, KIND_CLASSES, SIZE_CLASSES, WorldData, scene_targets
 from seedx_agent.vision import QwenViT, pool_tokens_4to1
 
@@ -578,7 +578,8 @@ def run_mini(
 
     Stages already finished are loaded, not retrained, so the command can be re-run after an
     interruption. ``stages`` may name a subset (e.g. the de-tokenizer stages in one process and the
-    LLM stages in another: both need only the finished ViT).
+    LLM stages in another: both need only the finished ViT). Launched as N CPU processes (``torchrun
+    --nproc_per_node N -m seedx_agent train mini``) every stage is data-parallel, N times the batch.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -729,7 +730,8 @@ def run_mini(
         )
         if not record("lvlm-agent", result):
             return report
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if distributed_context().is_main:
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
