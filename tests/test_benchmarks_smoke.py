@@ -65,3 +65,9 @@ def test_bench_engine_batching_smoke_batches_three_requests():
     assert "ratio serial/batched:" in out
     calls = float(out.split("de-tokenizer calls per round ")[1].split()[0])
     assert calls < 3  # 3 concurrent requests never need 3 de-tokenizer runs
+
+
+def test_bench_data_parallel_smoke_runs_both_launches():
+    out = _smoke("benchmarks.bench_data_parallel")
+    assert "1 process x 2 threads" in out and "2 processes x 1 thread" in out
+    assert "ratio ours/baseline (throughput):" in out
