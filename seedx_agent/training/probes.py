@@ -19,8 +19,9 @@ import torch
 
 from seedx_agent.detokenizer import Detokenizer
 from seedx_agent.errors import ConfigError
+from seedx_agent.training.recipes import vit_features
 from seedx_agent.training.world_data import SceneBatch, WorldData, scene_targets
-from seedx_agent.vision import QwenViT
+from seedx_agent.vision import QwenViT, pool_tokens_4to1
 
 __all__ = ["BandLoss", "cell_probes", "conditioning_use", "ridge_probe"]
 
@@ -37,12 +38,25 @@ def ridge_probe(
 
     Features are standardised on the training rows; one ridge solve maps them to one-hot labels of every
     cell at once and each test cell takes its arg-max class. Returns the share of test cells right."""
+    return _ridge_accuracies(train_x, {"y": train_y}, test_x, {"y": test_y}, l2)["y"]
+
+
+def _ridge_accuracies(
+    train_x: torch.Tensor,
+    train_labels: Mapping[str, torch.Tensor],
+    test_x: torch.Tensor,
+    test_labels: Mapping[str, torch.Tensor],
+    l2: float,
+) -> dict[str, float]:
+    """``ridge_probe`` for several label sets at once: their one-hots sit side by side in one solve."""
     if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
         raise ConfigError(
             f"features must be (n, dims) with equal dims, got {tuple(train_x.shape)} and {tuple(test_x.shape)}"
         )
-    if train_y.shape[0] != train_x.shape[0] or test_y.shape[0] != test_x.shape[0] or train_y.ndim != 2:
-        raise ConfigError("labels must be (n, cells) with one row per feature row")
+    for name, train_y in train_labels.items():
+        test_y = test_labels[name]
+        if train_y.shape[0] != train_x.shape[0] or test_y.shape[0] != test_x.shape[0] or train_y.ndim != 2:
+            raise ConfigError("labels must be (n, cells) with one row per feature row")
     if l2 <= 0:
         raise ConfigError(f"l2 must be positive, got {l2}")
     mean, std = train_x.double().mean(0), train_x.double().std(0) + 1e-6
@@ -52,12 +66,21 @@ def ridge_probe(
         return torch.cat([(x.double() - mean) / std, ones.expand(len(x), 1)], dim=1)  # (n, dims + 1)
 
     a, b = design(train_x), design(test_x)
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    cells = train_y.shape[1]
-    onehot = torch.nn.functional.one_hot(train_y, classes).double().flatten(1)  # (n, cells * classes)
-    weights = torch.linalg.solve(a.T @ a + l2 * torch.eye(a.shape[1], dtype=torch.float64), a.T @ onehot)
-    predicted = (b @ weights).view(len(b), cells, classes).argmax(-1)
-    return float((predicted == test_y).double().mean())
+    shapes = {}  # name -> (cells, classes)
+    onehots = []
+    for name, train_y in train_labels.items():
+        classes = int(max(train_y.max(), test_labels[name].max())) + 1
+        shapes[name] = (train_y.shape[1], classes)
+        onehots.append(torch.nn.functional.one_hot(train_y, classes).double().flatten(1))  # (n, cells * classes)
+    weights = torch.linalg.solve(a.T @ a + l2 * torch.eye(a.shape[1], dtype=torch.float64), a.T @ torch.cat(onehots, 1))
+    scores = b @ weights  # (n_test, sum of cells * classes)
+    accuracies, offset = {}, 0
+    for name, (cells, classes) in shapes.items():
+        width = cells * classes
+        predicted = scores[:, offset : offset + width].reshape(len(b), cells, classes).argmax(-1)
+        accuracies[name] = float((predicted == test_labels[name]).double().mean())
+        offset += width
+    return accuracies
 
 
 def cell_probes(
@@ -90,10 +113,7 @@ def cell_probes(
 
     train_x, train_y = collect(0, train_batches)
     test_x, test_y = collect(_PROBE_TEST_STEP, test_batches)
-    return {
-        name: {key: ridge_probe(train_x[name], train_y[key], test_x[name], test_y[key], l2=l2) for key in PROBE_TARGETS}
-        for name in features
-    }
+    return {name: _ridge_accuracies(train_x[name], train_y, test_x[name], test_y, l2) for name in features}
 
 
 @dataclass(frozen=True)
@@ -120,9 +140,6 @@ def conditioning_use(
     """Stage-1 loss per timestep band on ``n`` fresh scenes, own vs. shifted-by-one features (same noise).
 
     ``pooled`` feeds the 4-to-1 pooled tokens (the LLM-output path) instead of the raw ViT tokens."""
-    from seedx_agent.training.recipes import vit_features
-    from seedx_agent.vision import pool_tokens_4to1
-
     if detok.stage != 1:
         raise ConfigError(f"conditioning_use probes a stage-1 de-tokenizer, got stage {detok.stage}")
     if n < 2:

@@ -14,8 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seedx_agent.training.loop import LoopConfig, distributed_context, run_loop
+from seedx_agent.training.loop import distributed_context
 
+# Under torchrun with 2 processes: data-parallel, each process its own batch. Run plainly: the reference,
+# one process whose step averages the two batches the two processes get at that step.
 SCRIPT = textwrap.dedent(
     """
     import sys
@@ -25,45 +27,38 @@ SCRIPT = textwrap.dedent(
 
     torch.set_num_threads(1)
     ctx = distributed_context()
-    assert ctx.world_size == 2, ctx
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
 
-    def batch(index):
-        g = torch.Generator().manual_seed(index)
-        x = torch.randn(16, 6, generator=g)
-        return x, x.sum(1, keepdim=True).sin()
+    def loss_of(index):
+        x = torch.randn(16, 6, generator=torch.Generator().manual_seed(index))
+        return ((model(x) - x.sum(1, keepdim=True).sin()) ** 2).mean()
 
-    def step_fn(index):
-        x, y = batch(index)
-        loss = ((model(x) - y) ** 2).mean()
-        return {"loss": loss, "rank": torch.tensor(float(ctx.rank))}
+    def parallel_step(index):
+        return {"loss": loss_of(index), "rank": torch.tensor(float(ctx.rank))}
 
+    def reference_step(step):
+        return {"loss": 0.5 * (loss_of(2 * step) + loss_of(2 * step + 1))}
+
+    step_fn = parallel_step if ctx.world_size == 2 else reference_step
     config = LoopConfig(steps=6, lr=1e-2, warmup_steps=2, log_every=1, checkpoint_every_s=1e9, grad_clip=0.5)
     result = run_loop("dp", sys.argv[1], {"model": model}, list(model.parameters()), step_fn, config, progress=False)
     assert result.finished
-    open(f"{sys.argv[1]}.done-{ctx.rank}", "w").close()  # a file per rank: stdout lines can interleave
+    open(f"{sys.argv[1]}.done-{ctx.rank}-of-{ctx.world_size}", "w").close()  # stdout lines can interleave
     """
 )
 
 
-def _single_process_reference(out: Path) -> dict[str, torch.Tensor]:
-    from torch import nn
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
 
-    def loss_of(index: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(index)
-        x = torch.randn(16, 6, generator=g)
-        return ((model(x) - x.sum(1, keepdim=True).sin()) ** 2).mean()
-
-    def step_fn(step: int) -> dict[str, torch.Tensor]:  # the two processes' batches, averaged
-        return {"loss": 0.5 * (loss_of(2 * step) + loss_of(2 * step + 1))}
-
-    config = LoopConfig(steps=6, lr=1e-2, warmup_steps=2, log_every=1, checkpoint_every_s=1e9, grad_clip=0.5)
-    run_loop("ref", out, {"model": model}, list(model.parameters()), step_fn, config, progress=False)
-    return load_file(str(out / "checkpoint" / "weights.safetensors"))
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run ``command`` outside any launcher's environment, one thread per process; it must succeed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
 
 
 def test_one_process_is_rank_zero_of_one() -> None:
@@ -76,17 +71,13 @@ def test_one_process_is_rank_zero_of_one() -> None:
 def test_two_processes_equal_one_process_averaging_their_batches(tmp_path: Path) -> None:
     script = tmp_path / "dp.py"
     script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(
-        [*command, str(script), str(tmp_path / "dp")], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert (tmp_path / "dp.done-0").is_file() and (tmp_path / "dp.done-1").is_file()
+    _run([*TORCHRUN_2, str(script), str(tmp_path / "dp")])
+    assert (tmp_path / "dp.done-0-of-2").is_file() and (tmp_path / "dp.done-1-of-2").is_file()
+    _run([sys.executable, str(script), str(tmp_path / "ref")])
+    assert (tmp_path / "ref.done-0-of-1").is_file()
 
     parallel = load_file(str(tmp_path / "dp" / "checkpoint" / "weights.safetensors"))
-    reference = _single_process_reference(tmp_path / "ref")
+    reference = load_file(str(tmp_path / "ref" / "checkpoint" / "weights.safetensors"))
     assert parallel.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(parallel[key], reference[key], rtol=1e-5, atol=1e-6)
@@ -104,13 +95,9 @@ def test_two_processes_equal_one_process_averaging_their_batches(tmp_path: Path)
 
 def test_cli_trains_a_mini_stage_data_parallel(tmp_path: Path) -> None:
     """``torchrun --nproc_per_node 2 -m seedx_agent train mini``: one checkpoint, one log, one report."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     args = ["seedx_agent", "train", "mini", "--out", str(out), "--stages", "vit", "--scale", "0.004", "--quiet"]
-    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    done = _run([*TORCHRUN_2, "-m", *args])
     assert done.stdout.count('"stages"') == 1  # only the first process prints the report
     state = json.loads((out / "vit" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4  # 900 * 0.004 steps, each over both processes' batches

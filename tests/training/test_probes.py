@@ -10,7 +10,7 @@ from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
 from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.probes import BandLoss, cell_probes, conditioning_use, ridge_probe
+from seedx_agent.training.probes import BandLoss, _ridge_accuracies, cell_probes, conditioning_use, ridge_probe
 from seedx_agent.training.recipes import vit_features
 from seedx_agent.training.world_data import WorldData, scene_targets
 
@@ -30,6 +30,18 @@ def test_ridge_probe_reads_a_linear_code_and_not_noise() -> None:
     noise = torch.randn(600, 50, generator=torch.Generator().manual_seed(3))
     chance = ridge_probe(noise[:400], train_y, noise[400:], test_y)
     assert chance < 0.4  # 4 classes: chance is 0.25
+
+
+def test_one_solve_for_several_label_sets_equals_separate_probes() -> None:
+    x = torch.randn(300, 20, generator=torch.Generator().manual_seed(4))
+    kinds, colours = (x[:, :9] > 0).long(), (x[:, 9:18] > 0.5).long() + (x[:, 9:18] > 1.0).long()
+    labels = {"kind": kinds, "colour": colours}
+    joint = _ridge_accuracies(
+        x[:200], {k: v[:200] for k, v in labels.items()}, x[200:], {k: v[200:] for k, v in labels.items()}, 10.0
+    )
+    for key, y in labels.items():
+        assert joint[key] == ridge_probe(x[:200], y[:200], x[200:], y[200:], l2=10.0)
+    assert 0.5 < joint["kind"] < 1.0  # a least-squares read-out of sign thresholds: good, not exact
 
 
 def test_ridge_probe_rejects_mismatched_shapes() -> None:
