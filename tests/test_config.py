@@ -27,6 +27,12 @@ def test_official_dimensions():
     assert SeedXConfig.from_preset("seed-x-edit").variant == "seed-x-edit"
 
 
+def test_miniature_weighs_the_regression_1x_real_presets_6x():
+    # Deviation (README): 6.0 starved the 4-layer miniature's LM loss; the official presets keep SEED-X's 6.0.
+    assert SeedXConfig.from_preset("mini").lvlm.rec_loss_scale == 1.0
+    assert {SeedXConfig.from_preset(n).lvlm.rec_loss_scale for n in ("seed-x", "seed-x-i", "seed-x-edit")} == {6.0}
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(UnknownPresetError, match="seed-x-i"):
         SeedXConfig.from_preset("seed-y")

@@ -6,6 +6,9 @@
 - ``conditioning_use``: a de-tokenizer's denoising loss per timestep band with each image's own features
   and with another image's. At high noise the UNet can only draw from its conditioning, so the gap there
   says how much it uses it, and the remaining loss how far it is from drawing the scene exactly.
+- ``teacher_forced_exact``: the share of examples whose every labelled token is the LLM's argmax under
+  teacher forcing, which is exactly when greedy decoding returns the answer, at one forward per batch:
+  a cheap held-out accuracy for comparing training runs before any assembly or decoding.
 
 Ridge regression rather than SGD: a probe is one linear solve, exact and fast on CPU.
 """
@@ -19,11 +22,13 @@ import torch
 
 from seedx_agent.detokenizer import Detokenizer
 from seedx_agent.errors import ConfigError
-from seedx_agent.training.recipes import vit_features
+from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.training.examples import IGNORE_INDEX, TrainingExample, collate
+from seedx_agent.training.recipes import lvlm_forward, vit_features
 from seedx_agent.training.world_data import SceneBatch, WorldData, scene_targets
 from seedx_agent.vision import QwenViT, pool_tokens_4to1
 
-__all__ = ["BandLoss", "cell_probes", "conditioning_use", "ridge_probe"]
+__all__ = ["BandLoss", "cell_probes", "conditioning_use", "ridge_probe", "teacher_forced_exact"]
 
 PROBE_TARGETS = ("kind", "colour")  # per-cell labels of ``scene_targets`` (class 0 = empty cell)
 DEFAULT_BANDS = ((0, 200), (200, 500), (500, 800), (800, 1000))
@@ -171,3 +176,43 @@ def conditioning_use(
     finally:
         detok.train(was_training)
     return results
+
+
+@torch.no_grad()
+def teacher_forced_exact(
+    lvlm: SeedXLVLM,
+    vision: QwenViT,
+    examples: Sequence[TrainingExample],
+    *,
+    pad_token_id: int = 0,
+    batch_size: int = 16,
+) -> float:
+    """Share of ``examples`` whose labelled tokens are all the argmax of the teacher-forced logits.
+
+    A labelled token is the argmax given the true prefix; if all of them are, greedy decoding writes the
+    answer token by token (and stops at the labelled EOS), so this equals greedy exact match. Examples
+    without a labelled token are refused. Leaves the modules' train/eval mode as it was.
+    """
+    if not examples:
+        raise ConfigError("teacher_forced_exact needs at least one example")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    unlabelled = [i for i, e in enumerate(examples) if all(label == IGNORE_INDEX for label in e.labels)]
+    if unlabelled:
+        raise ConfigError(f"examples {unlabelled[:5]} have no labelled token; nothing to score")
+    modes = [(m, m.training) for m in (lvlm, vision)]
+    for module, _ in modes:
+        module.eval()
+    try:
+        right = 0
+        for start in range(0, len(examples), batch_size):
+            batch = collate(list(examples[start : start + batch_size]), pad_token_id=pad_token_id)
+            logits = lvlm_forward(lvlm, vision, batch).logits[:, :-1]
+            labels = batch.labels[:, 1:].to(logits.device)
+            labelled = labels != IGNORE_INDEX
+            wrong = (logits.argmax(-1) != labels) & labelled
+            right += int((~wrong.any(dim=1)).sum())
+    finally:
+        for module, mode in modes:
+            module.train(mode)
+    return right / len(examples)

@@ -38,7 +38,7 @@ from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.detokenizer import Detokenizer, expand_conv_in
 from seedx_agent.errors import ConfigError
-from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.lvlm import LVLMOutput, SeedXLVLM
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.training.examples import Batch, TrainingExample, collate
 from seedx_agent.training.loop import LoopConfig, LoopResult, distributed_context, load_trainable_state, run_loop
@@ -82,9 +82,9 @@ def vit_features(vision: QwenViT, pixel_values: torch.Tensor) -> torch.Tensor:
     return vision(pixel_values.to(device=param.device, dtype=param.dtype))
 
 
-def lvlm_loss(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> dict[str, torch.Tensor]:
-    """The §12.4 training step: keep crops with cmp or gen set, run the frozen ViT on them, feed the cmp
-    crops as inputs (with patch positions) and regress onto the gen crops' pooled features."""
+def lvlm_forward(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> LVLMOutput:
+    """The §12.4 teacher-forced pass: keep crops with cmp or gen set, run the frozen ViT on them, feed the
+    cmp crops as inputs (with patch positions) and regress onto the gen crops' pooled features."""
     batch = batch.to(lvlm.device)
     keep = batch.embeds_cmp_mask | batch.embeds_gen_mask
     image_embeds, targets = None, None
@@ -95,7 +95,7 @@ def lvlm_loss(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> dict[str, torch
             image_embeds = lvlm.embed_images(features[cmp], batch.patch_positions[keep][cmp])
         if bool(gen.any()):
             targets = features[gen]
-    out = lvlm(
+    return lvlm(
         batch.input_ids,
         attention_mask=batch.attention_mask,
         labels=batch.labels,
@@ -104,6 +104,11 @@ def lvlm_loss(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> dict[str, torch
         ids_gen_mask=batch.ids_gen_mask,
         target_vit_features=targets,
     )
+
+
+def lvlm_loss(lvlm: SeedXLVLM, vision: QwenViT, batch: Batch) -> dict[str, torch.Tensor]:
+    """The training step's losses (``lvlm_forward``): the total to back-propagate, LM and regression parts."""
+    out = lvlm_forward(lvlm, vision, batch)
     losses = {"loss": out.loss}
     if out.lm_loss is not None:
         losses["lm"] = out.lm_loss.detach()

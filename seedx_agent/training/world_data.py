@@ -161,8 +161,12 @@ class WorldData:
 
     def example(self, task: str, rng: random.Random, *, style: prompts.Style) -> TrainingExample:
         """One training example of ``task`` drawn from ``rng``."""
+        sample = world.make_sample(task, rng, image_size=self.vit_size, title_probability=self.title_probability)
+        return self.example_of(sample, style=style)
+
+    def example_of(self, sample: world.Sample, *, style: prompts.Style) -> TrainingExample:
+        """The LLM training example of one world sample (e.g. a held-out one, to score a run on)."""
         tok, cfg, size = self.tokenizer, self.config, self.vit_size
-        sample = world.make_sample(task, rng, image_size=size, title_probability=self.title_probability)
         if isinstance(sample, world.CaptionSample):
             question = world.CAPTION_QUESTION
             image = world.render(sample.scene, size)
@@ -177,7 +181,7 @@ class WorldData:
         if isinstance(sample, world.EditSample):
             source, target = world.render(sample.source, size), world.render(sample.target, size)
             return edit_example(tok, cfg, source, sample.instruction, target)
-        raise ValueError(f"task {task!r} has no LLM training example")
+        raise ValueError(f"{type(sample).__name__} has no LLM training example")
 
     def _grounding(self, sample: world.GroundingSample, style: prompts.Style) -> TrainingExample:
         """Grounding in the inference prompt of ``style``: the pre-trained prompt already ends with

@@ -3,15 +3,26 @@ de-tokenizer's per-band loss compares own and swapped features under the same no
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
+from seedx_agent.miniature import world
 from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.probes import BandLoss, _ridge_accuracies, cell_probes, conditioning_use, ridge_probe
-from seedx_agent.training.recipes import vit_features
+from seedx_agent.training.examples import IGNORE_INDEX, collate
+from seedx_agent.training.probes import (
+    BandLoss,
+    _ridge_accuracies,
+    cell_probes,
+    conditioning_use,
+    ridge_probe,
+    teacher_forced_exact,
+)
+from seedx_agent.training.recipes import lvlm_loss, vit_features
 from seedx_agent.training.world_data import WorldData, scene_targets
 
 
@@ -107,3 +118,39 @@ def test_training_loss_fixed_timesteps(tiny) -> None:
     for bad in (torch.tensor([1]), torch.tensor([0.5, 1.0]), torch.tensor([-1, 3]), torch.tensor([0, 1000])):
         with pytest.raises(ConfigError, match="timesteps must be"):
             detok.training_loss(batch.target_pixels, features, timesteps=bad)
+
+
+def test_teacher_forced_exact_counts_answers_whose_every_token_is_the_argmax(tiny) -> None:
+    _, data = tiny
+    tokenizer = data.tokenizer
+    parts = build_components(data.config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=1)
+    lvlm, vision = parts.lvlms["seed-x-i"], parts.vision.eval()
+    samples = world.make_dataset("heldout", 2, "vqa", 0, image_size=data.vit_size)
+    examples = [data.example_of(s, style="seed-x-i") for s in samples]
+    pad = tokenizer.pad_token_id
+    batch = collate(examples, pad_token_id=pad)
+    optimiser = torch.optim.Adam([p for p in lvlm.parameters() if p.requires_grad], lr=1e-2)
+    lvlm.train()
+    for _ in range(80):  # memorise the two answers
+        optimiser.zero_grad()
+        lvlm_loss(lvlm, vision, batch)["loss"].backward()
+        optimiser.step()
+    assert teacher_forced_exact(lvlm, vision, examples, pad_token_id=pad) == 1.0
+    assert lvlm.training  # scored in eval mode, left in train mode
+
+    # One labelled token changed: the memorised prediction no longer matches it, so that example fails.
+    first = next(i for i, label in enumerate(examples[0].labels) if label != IGNORE_INDEX)
+    labels = list(examples[0].labels)
+    labels[first] = (labels[first] + 1) % data.config.llm.vocab_size
+    altered = dataclasses.replace(examples[0], labels=labels)
+    mixed = [examples[0], altered, examples[1]]
+    assert teacher_forced_exact(lvlm, vision, mixed, pad_token_id=pad) == pytest.approx(2 / 3)
+    assert teacher_forced_exact(lvlm, vision, mixed, pad_token_id=pad, batch_size=1) == pytest.approx(2 / 3)
+
+    unlabelled = dataclasses.replace(examples[0], labels=[IGNORE_INDEX] * len(examples[0].labels))
+    with pytest.raises(ConfigError, match="no labelled token"):
+        teacher_forced_exact(lvlm, vision, [unlabelled])
+    with pytest.raises(ConfigError, match="at least one"):
+        teacher_forced_exact(lvlm, vision, [])
+    with pytest.raises(ConfigError, match="batch_size"):
+        teacher_forced_exact(lvlm, vision, examples, batch_size=0)

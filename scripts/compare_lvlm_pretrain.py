@@ -1,0 +1,92 @@
+"""Train one arm of an LLM pre-training comparison on the miniature world and score it on held-out samples.
+
+A fresh miniature LVLM is pre-trained (``lvlm_pretrain``, the ``seed-x`` style task mixture) on a finished
+ViT, with the regression weight and optimiser settings given on the command line. The arm is then scored
+on held-out seeds without any decoding: teacher-forced exact answers (``probes.teacher_forced_exact``,
+equal to greedy exact match) for captions, VQA and grounding, and the output resampler's regression MSE on
+text-to-image prompts. Run two arms with the same steps to compare settings, e.g.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/compare_lvlm_pretrain.py runs/cmp/rec6 --rec-scale 6 --steps 800
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/compare_lvlm_pretrain.py runs/cmp/rec1 --rec-scale 1 --steps 800
+
+Each prints (and writes to OUT/result.json) one JSON line; re-running resumes a stopped arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from seedx_agent.components import build_components
+from seedx_agent.config import SeedXConfig
+from seedx_agent.miniature import world
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.training.examples import collate
+from seedx_agent.training.loop import LoopConfig
+from seedx_agent.training.probes import teacher_forced_exact
+from seedx_agent.training.recipes import _load_module, frozen, lvlm_forward, lvlm_pretrain
+from seedx_agent.training.world_data import WorldData
+
+SCORED_TASKS = ("caption", "vqa", "grounding")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", help="folder of this arm (checkpoints, log, result.json)")
+    parser.add_argument("--rec-scale", type=float, default=1.0, help="weight of the regression loss (SEED-X: 6)")
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--grad-clip", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--vit", default="runs/mini3/vit", help="a finished 'vit' stage folder")
+    parser.add_argument("--n", type=int, default=60, help="held-out samples per scored task")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    config = SeedXConfig.from_preset("mini")
+    config = config.model_copy(update={"lvlm": config.lvlm.model_copy(update={"rec_loss_scale": args.rec_scale})})
+    tokenizer = SeedXTokenizer.tiny()
+    parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=0)
+    _load_module(parts.vision, Path(args.vit), "vision")
+    vision = frozen(parts.vision)
+    lvlm = parts.lvlms["seed-x-i"]
+    data = WorldData(config, tokenizer, seed=0)
+    pad = tokenizer.pad_token_id
+    started = time.perf_counter()
+    result = lvlm_pretrain(
+        lvlm,
+        vision,
+        lambda step: data.lvlm_examples(step, args.batch, style="seed-x"),
+        args.out,
+        LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=100, grad_clip=args.grad_clip),
+        pad_token_id=pad,
+    )
+    report: dict[str, object] = {
+        "rec_scale": args.rec_scale,
+        "steps": args.steps,
+        "lr": args.lr,
+        "grad_clip": args.grad_clip,
+        "train_s": round(time.perf_counter() - started),
+        "final_losses": result.losses,
+    }
+    for task in SCORED_TASKS:
+        samples = world.make_dataset("heldout", args.n, task, 0, image_size=data.vit_size)
+        examples = [data.example_of(s, style="seed-x") for s in samples]
+        report[f"{task}_exact"] = teacher_forced_exact(lvlm, vision, examples, pad_token_id=pad)
+    samples = world.make_dataset("heldout", args.n, "text_to_image", 0, image_size=data.vit_size)
+    with torch.no_grad():
+        lvlm.eval()
+        batch = collate([data.example_of(s, style="seed-x") for s in samples], pad_token_id=pad)
+        report["t2i_regression_mse"] = float(lvlm_forward(lvlm, vision, batch).rec_loss)
+    line = json.dumps(report)
+    print(line)
+    (Path(args.out) / "result.json").write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
