@@ -10,6 +10,7 @@ text-to-image prompts. Run two arms with the same steps to compare settings, e.g
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/compare_lvlm_pretrain.py runs/cmp/rec1 --rec-scale 1 --steps 800
 
 Each prints (and writes to OUT/result.json) one JSON line; re-running resumes a stopped arm.
+``--score-only`` scores the finished ``lvlm-pretrain`` stage in OUT (e.g. ``runs/mini8``) without training.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
+from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.miniature import world
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.training.examples import collate
@@ -30,6 +32,7 @@ from seedx_agent.training.loop import LoopConfig
 from seedx_agent.training.probes import teacher_forced_exact
 from seedx_agent.training.recipes import _load_module, frozen, lvlm_forward, lvlm_pretrain
 from seedx_agent.training.world_data import WorldData
+from seedx_agent.vision import QwenViT
 
 SCORED_TASKS = ("caption", "vqa", "grounding")
 
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--vit", default="runs/mini3/vit", help="a finished 'vit' stage folder")
     parser.add_argument("--n", type=int, default=60, help="held-out samples per scored task")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--score-only", action="store_true", help="score OUT/lvlm-pretrain, train nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,7 +60,11 @@ def main() -> None:
     vision = frozen(parts.vision)
     lvlm = parts.lvlms["seed-x-i"]
     data = WorldData(config, tokenizer, seed=0)
-    pad = tokenizer.pad_token_id
+    if args.score_only:
+        stage = Path(args.out) / "lvlm-pretrain"
+        _load_module(lvlm, stage, "lvlm")
+        print(json.dumps({"scored": str(stage), **heldout_scores(lvlm, vision, data, args.n)}))
+        return
     started = time.perf_counter()
     result = lvlm_pretrain(
         lvlm,
@@ -64,7 +72,7 @@ def main() -> None:
         lambda step: data.lvlm_examples(step, args.batch, style="seed-x"),
         args.out,
         LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=100, grad_clip=args.grad_clip),
-        pad_token_id=pad,
+        pad_token_id=tokenizer.pad_token_id,
     )
     report: dict[str, object] = {
         "rec_scale": args.rec_scale,
@@ -74,18 +82,26 @@ def main() -> None:
         "train_s": round(time.perf_counter() - started),
         "final_losses": result.losses,
     }
-    for task in SCORED_TASKS:
-        samples = world.make_dataset("heldout", args.n, task, 0, image_size=data.vit_size)
-        examples = [data.example_of(s, style="seed-x") for s in samples]
-        report[f"{task}_exact"] = teacher_forced_exact(lvlm, vision, examples, pad_token_id=pad)
-    samples = world.make_dataset("heldout", args.n, "text_to_image", 0, image_size=data.vit_size)
-    with torch.no_grad():
-        lvlm.eval()
-        batch = collate([data.example_of(s, style="seed-x") for s in samples], pad_token_id=pad)
-        report["t2i_regression_mse"] = float(lvlm_forward(lvlm, vision, batch).rec_loss)
+    report.update(heldout_scores(lvlm, vision, data, args.n))
     line = json.dumps(report)
     print(line)
     (Path(args.out) / "result.json").write_text(line + "\n")
+
+
+def heldout_scores(lvlm: SeedXLVLM, vision: QwenViT, data: WorldData, n: int) -> dict[str, float]:
+    """Teacher-forced exact answers per scored task and the text-to-image regression MSE, on held-out seeds."""
+    pad = data.tokenizer.pad_token_id
+    scores: dict[str, float] = {}
+    for task in SCORED_TASKS:
+        samples = world.make_dataset("heldout", n, task, 0, image_size=data.vit_size)
+        examples = [data.example_of(s, style="seed-x") for s in samples]
+        scores[f"{task}_exact"] = teacher_forced_exact(lvlm, vision, examples, pad_token_id=pad)
+    samples = world.make_dataset("heldout", n, "text_to_image", 0, image_size=data.vit_size)
+    with torch.no_grad():
+        lvlm.eval()
+        batch = collate([data.example_of(s, style="seed-x") for s in samples], pad_token_id=pad)
+        scores["t2i_regression_mse"] = float(lvlm_forward(lvlm, vision, batch).rec_loss)
+    return scores
 
 
 if __name__ == "__main__":
