@@ -10,7 +10,7 @@ RUN=${1:-runs/mini}
 BIN=${SEEDX_AGENT:-.venv/bin/seedx-agent}
 export HF_HUB_OFFLINE=1
 mkdir -p "$RUN"
-train() { "$BIN" train mini --out "$RUN" --threads 1 --quiet "$@"; }
+train() { "$BIN" train mini --out "$RUN" --threads 1 --quiet --rec-loss-scale 6 "$@"; }  # the bundle predates the 1.0 default
 train --stages vit
 (
   train --stages detokenizer-1 --stage-steps detokenizer-1=1200
@@ -23,4 +23,4 @@ train --stages vit
   train --stages lvlm-agent                              # agent tuning: tool dialogs + the task mixture
 ) > "$RUN/B.log" 2>&1 &
 wait
-"$BIN" train mini --out "$RUN" --threads 2 --quiet   # every stage finished: only assembles RUN/model
+"$BIN" train mini --out "$RUN" --threads 2 --quiet --rec-loss-scale 6   # every stage finished: only assembles RUN/model

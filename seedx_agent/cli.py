@@ -118,6 +118,8 @@ def _presets() -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a recipe; ``mini`` runs every stage of the miniature and assembles the model."""
+    from seedx_agent.config import SeedXConfig
+    from seedx_agent.errors import ConfigError
     from seedx_agent.training.loop import distributed_context
     from seedx_agent.training.recipes import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
 
@@ -131,6 +133,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.vit_local_heads:
         schedule = replace(schedule, vit_local_heads=True)
     stages = tuple(args.stages) if args.stages else MINI_STAGES
+    config = SeedXConfig.from_preset("mini")
+    if args.rec_loss_scale is not None:
+        if not args.rec_loss_scale >= 0:
+            raise SystemExit(f"--rec-loss-scale must be >= 0, got {args.rec_loss_scale}")
+        lvlm = config.lvlm.model_copy(update={"rec_loss_scale": args.rec_loss_scale})
+        config = config.model_copy(update={"lvlm": lvlm})
     start = time.perf_counter()
     report = run_mini(
         args.out,
@@ -138,16 +146,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         stages=stages,
         max_minutes=args.max_minutes,
         threads=args.threads,
+        config=config,
         progress=not args.quiet,
     )
     if not distributed_context().is_main:  # data-parallel run: the first process reports and assembles
         return 0
     print(json.dumps(report, indent=2, default=str))
-    if stages == MINI_STAGES and all(s.get("finished") for s in report["stages"].values()):
-        folder = assemble_mini(args.out, Path(args.out) / "model", schedule=schedule)
-        print(f"model written to {folder} ({_since(start)} s this call)")
-    else:
+    if not all(s.get("finished") for s in report["stages"].values()):
         print(f"stopped after {_since(start)} s; run the same command again to resume")
+        return 0
+    try:  # the requested stages are done; the model needs every stage (others may run in another process)
+        folder = assemble_mini(args.out, Path(args.out) / "model", schedule=schedule, config=config)
+    except ConfigError as error:
+        print(f"requested stages finished after {_since(start)} s; the model is assembled once all are: {error}")
+        return 0
+    print(f"model written to {folder} ({_since(start)} s this call)")
     return 0
 
 
@@ -262,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--vit-local-heads",
         action="store_true",
         help="train the ViT with the shared per-cell head on its raw tokens as well (ViTWorldHeads)",
+    )
+    train.add_argument(
+        "--rec-loss-scale",
+        type=float,
+        default=None,
+        help="weight of the LLM's regression loss (mini preset: 1.0; the bundled weights were trained with 6.0)",
     )
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)

@@ -254,6 +254,14 @@ def test_schedule_stage_steps_override_and_errors() -> None:
     assert MiniSchedule(align_steps=400).scaled(0.5).align_steps == 200
 
 
+def test_cli_refuses_a_negative_rec_loss_scale(tmp_path: Path) -> None:
+    from seedx_agent.cli import main
+
+    with pytest.raises(SystemExit, match="rec-loss-scale must be >= 0"):
+        main(["train", "mini", "--out", str(tmp_path / "run"), "--stages", "vit", "--rec-loss-scale", "-1"])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_cli_stage_steps_parsing() -> None:
     from seedx_agent.cli import _stage_steps
 
