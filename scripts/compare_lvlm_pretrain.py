@@ -52,8 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = SeedXConfig.from_preset("mini")
-    config = config.model_copy(update={"lvlm": config.lvlm.model_copy(update={"rec_loss_scale": args.rec_scale})})
+    config = SeedXConfig.from_preset("mini").with_rec_loss_scale(args.rec_scale)
     tokenizer = SeedXTokenizer.tiny()
     parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(1,), seed=0)
     _load_module(parts.vision, Path(args.vit), "vision")

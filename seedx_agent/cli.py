@@ -135,10 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     stages = tuple(args.stages) if args.stages else MINI_STAGES
     config = SeedXConfig.from_preset("mini")
     if args.rec_loss_scale is not None:
-        if not args.rec_loss_scale >= 0:
-            raise SystemExit(f"--rec-loss-scale must be >= 0, got {args.rec_loss_scale}")
-        lvlm = config.lvlm.model_copy(update={"rec_loss_scale": args.rec_loss_scale})
-        config = config.model_copy(update={"lvlm": lvlm})
+        try:
+            config = config.with_rec_loss_scale(args.rec_loss_scale)
+        except ConfigError as error:
+            raise SystemExit(f"--rec-loss-scale must be >= 0 ({error})") from error
     start = time.perf_counter()
     report = run_mini(
         args.out,

@@ -8,6 +8,7 @@ Presets are Python (``SeedXConfig.from_preset("seed-x-i")``); a loaded model sto
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,6 +147,10 @@ class LVLMConfig(_Config):
                 raise ConfigError(f"{name} has {q} queries but num_image_tokens is {self.num_image_tokens}")
         if not 1 <= self.num_image_tokens <= 100:
             raise ConfigError("num_image_tokens must be in [1, 100]: the vocabulary has 100 <img_xxxxx> slots")
+        for name in ("lm_loss_scale", "rec_loss_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
         return self
 
 
@@ -338,6 +343,12 @@ class SeedXConfig(_Config):
             return cls.model_validate({**config.model_dump(), **overrides})
         except ValidationError as exc:
             raise ConfigError(f"invalid override for preset {name!r}: {exc}") from exc
+
+    def with_rec_loss_scale(self, scale: float) -> SeedXConfig:
+        """This config with the LLM's regression-loss weight replaced, validated like a loaded config."""
+        data = self.model_dump()
+        data["lvlm"]["rec_loss_scale"] = scale
+        return SeedXConfig.model_validate(data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")

@@ -33,6 +33,16 @@ def test_miniature_weighs_the_regression_1x_real_presets_6x():
     assert {SeedXConfig.from_preset(n).lvlm.rec_loss_scale for n in ("seed-x", "seed-x-i", "seed-x-edit")} == {6.0}
 
 
+def test_rec_loss_scale_override_is_validated():
+    mini = SeedXConfig.from_preset("mini")
+    six = mini.with_rec_loss_scale(6.0)
+    assert six.lvlm.rec_loss_scale == 6.0 and mini.lvlm.rec_loss_scale == 1.0  # a new config, the old unchanged
+    assert six.model_copy(update={"lvlm": mini.lvlm}) == mini  # nothing else changed
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="rec_loss_scale must be a finite number >= 0"):
+            mini.with_rec_loss_scale(bad)
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(UnknownPresetError, match="seed-x-i"):
         SeedXConfig.from_preset("seed-y")
