@@ -71,7 +71,9 @@ def test_hooks_training_and_other_attention_fall_back(llama: LlamaForCausalLM) -
     backbone.train()
     assert not lean_step_supported(backbone)
     backbone.eval()
-    eager = LlamaForCausalLM(LlamaConfig(**{**CONFIG.to_dict(), "_attn_implementation": "eager"})).eval()
+    eager_config = LlamaConfig(**CONFIG.to_dict(), attn_implementation="eager")  # what transformers >= 5 honours
+    eager = LlamaForCausalLM(eager_config).eval()
+    assert eager.config._attn_implementation == "eager"
     assert not lean_step_supported(eager.model)
     assert not lean_step_supported(torch.nn.Linear(2, 2))
 
