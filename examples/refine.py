@@ -1,9 +1,9 @@
-"""Generate -> verify -> edit until the picture matches the request; every version saved as PNG with a report.
+"""Generate -> verify -> correct until the picture matches the request; every version saved as PNG with a report.
 
-    python examples/refine.py [--model tiny-random|mini|PATH] [--prompt TEXT] [--rounds N] [--out DIR]
+    python examples/refine.py [--model mini|tiny-random|PATH] [--planner seedx|world|module:attr] [--request TEXT]
 
-With ``tiny-random`` (random weights) nothing verifies, so the loop runs to the round limit; with the trained
-miniature (``--model mini``) a request in the miniature world's vocabulary can verify early.
+The planner turns the request into checks SEED-X verifies; with ``tiny-random`` (random weights) nothing
+verifies, so the loop runs to the round limit; the miniature verifies requests in its world's vocabulary.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ import tempfile
 from pathlib import Path
 
 from seedx_agent.graphs.refine import create_refine_graph
-from seedx_agent.graphs.runtime import load_engine, open_memory
+from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-random", help="mini | tiny-random | checkpoint folder")
-    parser.add_argument("--prompt", default="a red circle at the top left")
+    parser.add_argument("--model", default="mini", help="mini | tiny-random | checkpoint folder")
+    parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
+    parser.add_argument("--request", default="a red circle at the top left")
     parser.add_argument("--rounds", type=int, default=2, help="at most this many edits")
-    parser.add_argument("--steps", type=int, default=2, help="diffusion steps")
+    parser.add_argument(
+        "--num-inference-steps", "--steps", type=int, default=None, help="diffusion steps (model default)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-refine-"))
@@ -30,25 +33,31 @@ def main() -> None:
 
     engine = load_engine(args.model)
     with open_memory(out / "memory", engine) as memory:
-        graph = create_refine_graph(engine, memory, max_rounds=args.rounds, num_inference_steps=args.steps)
+        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
+        graph = create_refine_graph(
+            engine, memory, planner=planner, max_rounds=args.rounds, num_inference_steps=args.num_inference_steps
+        )
         final = {}
-        for mode, chunk in graph.stream({"request": args.prompt, "seed": 0}, stream_mode=["custom", "values"]):
+        for mode, chunk in graph.stream({"request": args.request, "seed": 0}, stream_mode=["custom", "values"]):
             if mode == "custom":
-                print("progress:", chunk)
+                details = {k: v for k, v in chunk.items() if k != "event"}
+                print(f"{chunk['event']}: {details}")
             else:
                 final = chunk
         for index, version in enumerate(final["versions"]):
             memory.load(version["image_id"]).save(out / f"{index:02d}_{version['operation']}.png")
         lineage = [record.id for record in memory.lineage(final["image_id"])]
         report = {
-            "request": args.prompt,
+            "request": args.request,
+            "prompt": final["prompt"],
+            "checks": final["checks"],
             "verified": final["verified"],
             "rounds": final["round"],
             "lineage": lineage,
             "verdicts": final["verdicts"],
         }
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"verified={final['verified']} after {final['round']} edit(s); {len(lineage)} version(s) in {out}")
+    print(f"verified={final['verified']} after {final['round']} correction(s); {len(lineage)} version(s) in {out}")
 
 
 if __name__ == "__main__":

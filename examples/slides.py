@@ -1,8 +1,10 @@
 """Plan, illustrate, critique and refine a slide deck; writes ``deck.pptx`` and ``slide_NN.png`` previews.
 
-    python examples/slides.py --topic "red circles and blue squares" --slides 4 --out outputs/slides
+    python examples/slides.py --topic "how tides work" --slides 5 --model PATH --planner seedx
+    python examples/slides.py --topic "red circles and blue squares" --slides 4   # the miniature
 
-Uses the bundled miniature ("mini") when present, else "tiny-random" (random weights: pictures are noise).
+``--planner``: ``seedx`` (ChatSeedX on the same model), ``world`` (the miniature's plug-in, the default for
+mini/tiny-random) or ``module:attr`` (any LangChain chat model or factory).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from seedx_agent.graphs.runtime import load_engine, open_memory
+from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 from seedx_agent.graphs.slides import create_slides_graph
 
 
@@ -20,7 +22,8 @@ def main() -> None:
     parser.add_argument("--topic", default="red circles and blue squares")
     parser.add_argument("--slides", type=int, default=4)
     parser.add_argument("--max-refine", type=int, default=2)
-    parser.add_argument("--model", default="mini", help="mini (falls back to tiny-random), a preset or a folder")
+    parser.add_argument("--model", default="mini", help="mini (the bundled miniature), a preset or a folder")
+    parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
@@ -28,9 +31,11 @@ def main() -> None:
 
     engine = load_engine(args.model)
     with open_memory(out / "memory", engine) as memory:
+        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
         graph = create_slides_graph(
             engine,
             memory,
+            planner=planner,
             out_dir=out,
             n_slides=args.slides,
             max_refine=args.max_refine,
@@ -40,7 +45,10 @@ def main() -> None:
             if event["event"] == "slide_picture":
                 print(f"slide {event['slide']}: {event['mode']} picture {event['image_id']}")
             elif event["event"] == "slide_critique":
-                print(f"slide {event['slide']}: critique attempt {event['attempt']} score {event['score']:.2f}")
+                verdict = "passes its checks" if event["passed"] else "fails a check"
+                print(f"slide {event['slide']}: attempt {event['attempt']} {verdict}")
+            elif event["event"] == "slide_refine":
+                print(f"slide {event['slide']}: {event['action']} ({event['instruction']})")
             elif event["event"] == "slides_done":
                 print(f"deck: {event['pptx']}")
 

@@ -1,8 +1,10 @@
-"""Illustrate a story with the story graph and write a storyboard (``storyboard.html`` + step PNGs).
+"""Write and illustrate a story with the story graph: ``storyboard.html``, beat PNGs and ``manifest.json``.
 
-    python examples/story.py --premise "a small red circle at the top left" --steps 25 --out outputs/story
+    python examples/story.py --premise "a fox who learns to fly" --beats 12 --model PATH --planner seedx
+    python examples/story.py --premise "a small red circle at the top left" --beats 25   # the miniature
 
-Uses the bundled miniature ("mini") when present, else "tiny-random" (random weights: pictures are noise).
+``--planner`` picks who writes the beats: ``seedx`` (ChatSeedX on the same model), ``world`` (the miniature's
+plug-in, the default for mini/tiny-random) or ``module:attr`` (any LangChain chat model or factory).
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import tempfile
 from pathlib import Path
 
 from langgraph.checkpoint.memory import InMemorySaver
-from seedx_agent.graphs.runtime import load_engine, open_memory
+from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 from seedx_agent.graphs.story import create_story_graph
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--premise", default="a small red circle at the top left")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--beats", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default="mini", help="mini (falls back to tiny-random), a preset or a folder")
+    parser.add_argument("--model", default="mini", help="mini (the bundled miniature), a preset or a folder")
+    parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
@@ -29,10 +32,12 @@ def main() -> None:
 
     engine = load_engine(args.model)
     with open_memory(out / "memory", engine) as memory:
+        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
         graph = create_story_graph(
             engine,
             memory,
-            steps=args.steps,
+            planner=planner,
+            steps=args.beats,
             out_dir=out,
             num_inference_steps=args.num_inference_steps,
             checkpointer=InMemorySaver(),
@@ -42,11 +47,12 @@ def main() -> None:
             {"premise": args.premise, "base_seed": args.seed}, config, stream_mode="custom", durability="sync"
         ):
             if event["event"] == "story_step":
-                print(f"step {event['step']:3d} (seed {event['seed']}): {event['sentence']} -> {event['image_id']}")
+                verdict = {True: "consistent", False: "check failed", None: "not checked"}[event["consistent"]]
+                print(f"beat {event['step']:3d} ({event['mode']}, {verdict}): {event['text']} -> {event['image_id']}")
         final = graph.get_state(config).values
         lineage = memory.lineage(final["recent"][-1]["image_id"])
         print(f"lineage of the last picture: {len(lineage)} pictures")
-    print(f"storyboard: {final['storyboard']}")
+    print(f"storyboard: {final['storyboard']}\nmanifest: {final['manifest']}")
 
 
 if __name__ == "__main__":

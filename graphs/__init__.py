@@ -1,4 +1,5 @@
-"""LangGraph graphs over the SEED-X tools (``seedx_agent.graphs``): the chat agent and the refine loop.
+"""LangGraph graphs over the SEED-X tools (``seedx_agent.graphs``): the chat agent and the story, slides and
+refine workflows (planned by any chat model through ``planning``).
 
 Each ``create_*`` factory returns a compiled graph. Names are imported lazily, so ``seedx_agent.graphs.cli_chat``
 (imported by the CLI) does not pull LangGraph in until a graph command actually runs.
@@ -11,6 +12,8 @@ from typing import Any
 
 __all__ = [
     "ChatAgentState",
+    "ChatModelPlanner",
+    "PlannerOutputError",
     "RefineState",
     "ScriptedPlanner",
     "SlidesState",
@@ -20,6 +23,7 @@ __all__ = [
     "create_slides_graph",
     "create_story_graph",
     "load_engine",
+    "load_planner",
     "make_slides_graph",
     "make_story_graph",
     "open_memory",
@@ -31,6 +35,9 @@ _HOMES = {
     "RefineState": "refine",
     "create_refine_graph": "refine",
     "ScriptedPlanner": "scripted",
+    "ChatModelPlanner": "planning",
+    "PlannerOutputError": "planning",
+    "load_planner": "runtime",
     "load_engine": "runtime",
     "open_memory": "runtime",
     "StoryState": "story",

@@ -1,7 +1,10 @@
-"""``seedx-agent story`` and ``seedx-agent slides``: run the story and slides graphs with tqdm progress bars.
+"""``seedx-agent story | slides | refine``: the three workflows from the command line, with progress bars.
 
-``register(subparsers)`` adds both subcommands to the main CLI's ``argparse`` sub-parsers; each sets
-``func`` to a handler that takes the parsed arguments and returns an exit code.
+``register(subparsers)`` adds the subcommands to the main CLI's ``argparse`` sub-parsers; each sets ``func``
+to a handler that takes the parsed arguments and returns an exit code. The text (premise, topic, request) is
+the positional argument; ``--planner`` picks who plans: ``seedx`` (ChatSeedX on the same model), ``world``
+(the miniature's plug-in; the default for ``--model mini`` and ``tiny-random``) or ``module:attr`` (any
+importable chat model or factory). This module is CLI wiring: the only graph-side place that names plug-ins.
 """
 
 from __future__ import annotations
@@ -12,25 +15,52 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cmd_slides", "cmd_story", "register"]
+__all__ = ["cmd_refine", "cmd_slides", "cmd_story", "register"]
 
 logger = logging.getLogger(__name__)
 
+EXIT_NOT_VERIFIED = 3  # refine finished but the last picture failed a check
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _text(parser: argparse.ArgumentParser, name: str, example: str) -> None:
+    """The workflow's text as a positional argument, with the old ``--name`` flag kept as an alternative."""
+    parser.add_argument(name, nargs="?", default=None, help=f"e.g. {example!r}")
+    parser.add_argument(f"--{name}", dest=f"{name}_flag", default=None, help=argparse.SUPPRESS)
+
+
 def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     parser.add_argument(
-        "--model", default="mini", help="mini (bundled miniature; tiny-random while it is missing), a preset or a PATH"
+        "--model", default="mini", help="mini (the bundled miniature), a preset such as tiny-random, or a folder"
+    )
+    parser.add_argument(
+        "--planner",
+        default=None,
+        help="who plans: seedx (ChatSeedX on --model), world (the miniature's plug-in) or module:attr "
+        "(an importable chat model or factory); default: world for mini/tiny-random, else seedx",
     )
     parser.add_argument("--memory", default=None, help="image memory folder (default OUT/memory)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed; step/slide i uses seed + i")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="base seed; picture i uses seed + i")
     parser.add_argument(
         "--num-inference-steps", type=_positive_int, default=None, help="de-tokenizer diffusion steps (model default)"
     )
@@ -38,57 +68,108 @@ def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``story`` and ``slides`` subcommands."""
-    story = subparsers.add_parser("story", help="illustrate a story step by step into a storyboard")
-    story.add_argument("--premise", required=True, help="what the story is about, e.g. 'a small red circle'")
-    story.add_argument("--steps", type=_positive_int, default=25, help="number of steps (default 25)")
+    """Add the ``story``, ``slides`` and ``refine`` subcommands."""
+    story = subparsers.add_parser("story", help="write and illustrate a story beat by beat into a storyboard")
+    _text(story, "premise", "a fox who learns to fly")
+    story.add_argument(
+        "--beats", "--steps", dest="steps", type=_positive_int, default=25, help="number of beats/pages (default 25)"
+    )
+    story.add_argument("--recall", type=_non_negative_int, default=2, help="pictures per character used as context")
     _common(story, "outputs/story")
     story.set_defaults(func=cmd_story)
 
     slides = subparsers.add_parser("slides", help="plan, illustrate, critique and write a .pptx deck")
-    slides.add_argument("--topic", required=True, help="what the deck is about, e.g. 'red circles'")
+    _text(slides, "topic", "how tides work")
     slides.add_argument("--slides", type=_positive_int, default=4, help="number of slides (default 4)")
-    slides.add_argument("--max-refine", type=int, default=2, help="refinements per slide at most (default 2)")
+    slides.add_argument("--max-refine", type=_non_negative_int, default=2, help="corrections per slide (default 2)")
     _common(slides, "outputs/slides")
     slides.set_defaults(func=cmd_slides)
 
+    refine = subparsers.add_parser(
+        "refine", help="generate, verify with SEED-X and correct until the picture matches (exit 3: not verified)"
+    )
+    _text(refine, "request", "a lighthouse at dusk, warm light, two boats")
+    refine.add_argument("--prompt", dest="request_flag", default=None, help=argparse.SUPPRESS)
+    refine.add_argument("--rounds", type=_non_negative_int, default=3, help="corrections at most (default 3)")
+    refine.add_argument("--namespace", default="refine", help="memory namespace of the versions (default refine)")
+    _common(refine, "outputs/refine")
+    refine.set_defaults(func=cmd_refine)
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any, Path]:
-    from .runtime import load_engine, open_memory
+
+def _text_of(args: argparse.Namespace, name: str) -> str:
+    text = getattr(args, name) or getattr(args, f"{name}_flag")
+    if not text or not text.strip():
+        from seedx_agent.errors import InvalidPromptError
+
+        raise InvalidPromptError(f'give the {name} as the first argument (in quotes), e.g. "a fox who learns to fly"')
+    return text
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
+    """Engine, memory, planner and the output folder (created) for a workflow command."""
+    from .runtime import default_planner, load_engine, load_planner, open_memory
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     engine = load_engine(args.model)
-    return engine, open_memory(Path(args.memory) if args.memory else out / "memory", engine), out
+    out.mkdir(parents=True, exist_ok=True)
+    memory = open_memory(Path(args.memory) if args.memory else out / "memory", engine)
+    try:
+        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
+    except BaseException:
+        memory.close()
+        raise
+    return engine, memory, planner, out
 
 
 def cmd_story(args: argparse.Namespace) -> int:
-    """Run the story graph; print the storyboard path and the story's id as JSON."""
+    """Run the story graph; print the storyboard, manifest and the story's id as JSON."""
     from tqdm import tqdm
 
     from .story import create_story_graph
 
-    engine, memory, out = _open(args)
+    premise = _text_of(args, "premise")
+    engine, memory, planner, out = _open(args)
     try:
         graph = create_story_graph(
-            engine, memory, steps=args.steps, out_dir=out, num_inference_steps=args.num_inference_steps
+            engine,
+            memory,
+            planner=planner,
+            steps=args.steps,
+            out_dir=out,
+            recall_k=args.recall,
+            num_inference_steps=args.num_inference_steps,
         )
         final: dict[str, Any] = {}
-        with tqdm(total=args.steps, desc="story", unit="step", disable=args.quiet) as bar:
+        with tqdm(total=args.steps, desc="story", unit="beat", disable=args.quiet) as bar:
             for mode, chunk in graph.stream(
-                {"premise": args.premise, "base_seed": args.seed}, stream_mode=["custom", "values"]
+                {"premise": premise, "base_seed": args.seed}, stream_mode=["custom", "values"]
             ):
                 if mode == "values":
                     final = chunk
                 elif chunk.get("event") == "story_step":
                     bar.update(1)
-                    bar.set_postfix_str(chunk["sentence"][:40])
+                    bar.set_postfix_str(chunk["text"][:40])
     finally:
         memory.close()
+    consistent = sum(1 for item in _beats(final) if item["consistent"] is not False)
     print(
-        json.dumps({"story_id": final["story_id"], "namespace": final["namespace"], "storyboard": final["storyboard"]})
+        json.dumps(
+            {
+                "story_id": final["story_id"],
+                "namespace": final["namespace"],
+                "storyboard": final["storyboard"],
+                "manifest": final["manifest"],
+                "beats": args.steps,
+                "consistent": consistent,
+            }
+        )
     )
     return 0
+
+
+def _beats(final: dict[str, Any]) -> list[dict[str, Any]]:
+    manifest = final.get("manifest")
+    return json.loads(Path(manifest).read_text(encoding="utf-8"))["beats"] if manifest else []
 
 
 def cmd_slides(args: argparse.Namespace) -> int:
@@ -97,11 +178,13 @@ def cmd_slides(args: argparse.Namespace) -> int:
 
     from .slides import create_slides_graph
 
-    engine, memory, out = _open(args)
+    topic = _text_of(args, "topic")
+    engine, memory, planner, out = _open(args)
     try:
         graph = create_slides_graph(
             engine,
             memory,
+            planner=planner,
             out_dir=out,
             n_slides=args.slides,
             max_refine=args.max_refine,
@@ -109,9 +192,7 @@ def cmd_slides(args: argparse.Namespace) -> int:
         )
         final: dict[str, Any] = {}
         with tqdm(total=args.slides, desc="slides", unit="picture", disable=args.quiet) as bar:
-            for mode, chunk in graph.stream(
-                {"topic": args.topic, "base_seed": args.seed}, stream_mode=["custom", "values"]
-            ):
+            for mode, chunk in graph.stream({"topic": topic, "base_seed": args.seed}, stream_mode=["custom", "values"]):
                 if mode == "values":
                     final = chunk
                 elif chunk.get("event") == "slide_picture":
@@ -124,3 +205,61 @@ def cmd_slides(args: argparse.Namespace) -> int:
     passed = sum(1 for slide in final["slides"] if slide["passed"])
     print(json.dumps({"pptx": final["pptx"], "previews": final["previews"], "passed": passed, "slides": args.slides}))
     return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    """Run the refine loop; write every version as PNG and report.json; exit 3 when never verified."""
+    from tqdm import tqdm
+
+    from .refine import create_refine_graph
+
+    request = _text_of(args, "request")
+    engine, memory, planner, out = _open(args)
+    try:
+        graph = create_refine_graph(
+            engine,
+            memory,
+            planner=planner,
+            max_rounds=args.rounds,
+            namespace=args.namespace,
+            num_inference_steps=args.num_inference_steps,
+        )
+        final: dict[str, Any] = {}
+        with tqdm(total=2 + 2 * args.rounds, desc="refine", unit="step", disable=args.quiet) as bar:
+            for mode, chunk in graph.stream({"request": request, "seed": args.seed}, stream_mode=["custom", "values"]):
+                if mode == "values":
+                    final = chunk
+                elif chunk.get("event", "").endswith("_end"):
+                    bar.update(1)
+                    bar.set_postfix_str(chunk["event"].removesuffix("_end"))
+        versions = []
+        for index, version in enumerate(final["versions"]):
+            name = f"{index:02d}_{version['operation']}_{version['image_id']}.png"
+            with memory.load(version["image_id"]) as picture:
+                picture.save(out / name)
+            versions.append({**version, "file": name})
+        report = {
+            "request": request,
+            "model": args.model,
+            "planner": args.planner or "default",
+            "prompt": final["prompt"],
+            "checks": final["checks"],
+            "verified": final["verified"],
+            "rounds": final["round"],
+            "final_image_id": final["image_id"],
+            "lineage": [record.id for record in memory.lineage(final["image_id"])],
+            "versions": versions,
+            "verdicts": final["verdicts"],
+        }
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    finally:
+        memory.close()
+    if report["verified"]:
+        print(f"verified after {report['rounds']} correction(s); {len(versions)} version(s) in {out}")
+        return 0
+    failed = [c["query"] for c in final["verdicts"][-1]["checks"] if not c["passed"]]
+    print(
+        f"NOT verified after {report['rounds']} correction(s): still failing {failed}; "
+        f"{len(versions)} version(s) and report.json in {out}"
+    )
+    return EXIT_NOT_VERIFIED

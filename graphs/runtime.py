@@ -1,5 +1,9 @@
 """Building the engine and the image memory that graphs run on, from a model spec or environment variables.
 
+``--planner`` / ``SEEDX_PLANNER`` picks who plans the story, slides and refine workflows (``load_planner``):
+``seedx`` (``ChatSeedX`` on the same engine), ``world`` (the miniature's deterministic plug-in, found by name
+like any other plug-in) or ``module:attr`` (an importable chat model, planner object or zero-argument factory).
+
 ``--model`` / ``SEEDX_MODEL`` is a spec for ``SeedX.load``: ``"mini"`` (the bundled trained miniature), a preset
 name such as ``"tiny-random"`` (random weights) or a checkpoint folder. Only ``"mini"`` falls back (to
 ``"tiny-random"``, with a warning) when its weights are not bundled yet; any other spec fails loudly.
@@ -7,24 +11,30 @@ name such as ``"tiny-random"`` (random weights) or a checkpoint folder. Only ``"
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from seedx_agent.memory import ImageMemory
 from seedx_agent.tools import memory_image_embedder
 
 from seedx_agent.engine import SeedXEngine
-from seedx_agent.errors import CheckpointError
+from seedx_agent.errors import CheckpointError, ConfigError
 from seedx_agent.model import SeedX
 
 __all__ = [
     "DEFAULT_MEMORY_DIR",
     "DEFAULT_MODEL",
     "FALLBACK_MODEL",
+    "PLANNER_ALIASES",
+    "default_planner",
     "engine_and_memory_from_env",
     "load_engine",
+    "load_planner",
     "open_memory",
+    "planner_from_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,3 +71,45 @@ def engine_and_memory_from_env() -> tuple[SeedXEngine, ImageMemory]:
     engine = load_engine(os.environ.get("SEEDX_MODEL", DEFAULT_MODEL))
     memory = open_memory(os.environ.get("SEEDX_MEMORY_DIR", str(DEFAULT_MEMORY_DIR)), engine)
     return engine, memory
+
+
+# Named plug-ins: a name is resolved like ``module:attr`` (imported only when asked for).
+PLANNER_ALIASES = {"world": "seedx_agent.miniature.planners:WorldPlanner"}
+# Models whose own LLM cannot plan in free text (the miniature and random weights): the world plug-in plans.
+_WORLD_MODELS = frozenset({"mini", "tiny-random"})
+
+
+def default_planner(model_spec: str | Path) -> str:
+    """``world`` for the miniature and random presets (their LLM cannot write free-form plans), else ``seedx``."""
+    return "world" if str(model_spec) in _WORLD_MODELS else "seedx"
+
+
+def load_planner(spec: str, engine: SeedXEngine, memory: ImageMemory, *, namespace: str = "planner") -> Any:
+    """The planner named by ``spec``: ``seedx``, a plug-in name (``world``) or ``module:attr``.
+
+    ``module:attr`` may be a chat model or planner instance, a class, or a zero-argument factory returning one.
+    """
+    if spec == "seedx":
+        from seedx_agent.tools import ChatSeedX
+
+        return ChatSeedX(engine=engine, memory=memory, namespace=namespace, image_output="off")
+    target = PLANNER_ALIASES.get(spec, spec)
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"unknown planner {spec!r}: use 'seedx', one of {sorted(PLANNER_ALIASES)} or 'module:attr' naming an "
+            "importable chat model (or a factory returning one)"
+        )
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"planner {spec!r}: cannot import {target!r} ({error})") from error
+    if isinstance(found, type) or (callable(found) and not hasattr(found, "invoke") and not hasattr(found, "plan")):
+        found = found()  # a class or a factory
+    return found
+
+
+def planner_from_env(engine: SeedXEngine, memory: ImageMemory) -> Any:
+    """The planner from ``SEEDX_PLANNER`` (default: ``default_planner`` of ``SEEDX_MODEL``)."""
+    spec = os.environ.get("SEEDX_PLANNER") or default_planner(os.environ.get("SEEDX_MODEL", DEFAULT_MODEL))
+    return load_planner(spec, engine, memory)

@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from seedx_agent import json_prefix
-from seedx_agent.miniature.world import CAPTION_QUESTION
 from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tool_protocol import SYSTEM_CLOSE, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from seedx_agent.tool_protocol import DESCRIBE_QUESTION, SYSTEM_CLOSE, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 if TYPE_CHECKING:
     from seedx_agent.model import ChatMessage
@@ -47,7 +46,7 @@ __all__ = ["FIXED_VALUES", "FREE_TEXT_ARGUMENTS", "TOOL_NAME", "CopyArguments", 
 # Argument names of the SEED-X tools whose values quote the request (tools/seedx_tools.py, tool_dialogs).
 FREE_TEXT_ARGUMENTS: tuple[str, ...] = ("phrase", "instruction", "prompt", "query", "question")
 # Values an argument may take besides quotes: a description request asks the protocol's fixed question.
-FIXED_VALUES: dict[str, tuple[str, ...]] = {"question": (CAPTION_QUESTION,)}
+FIXED_VALUES: dict[str, tuple[str, ...]] = {"question": (DESCRIBE_QUESTION,)}
 TOOL_NAME = "<tool name>"  # options() key of the call's "name" value (not a JSON key: it cannot clash)
 _BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 

@@ -555,20 +555,29 @@ class SeedX:
         variant: str | None = None,
         options: GenerationOptions | None = None,
         progress: bool = False,
+        context: Sequence[ImageInput] = (),
     ) -> GeneratedImage:
         """Text-to-image: the LLM writes an image block; its features go to the stage-1 de-tokenizer.
 
-        If the model would stop without opening an image, ``<img>`` is forced instead (documented
-        deviation: the official script just returns no image).
+        ``context`` images (e.g. earlier pictures of a story's characters) are read in the same turn before
+        the request, so the new picture can keep their look (SEED-X-I: images in, image out). If the model
+        would stop without opening an image, ``<img>`` is forced instead (documented deviation: the official
+        script just returns no image).
         """
         num_inference_steps, guidance_scale = _render_aliases(num_inference_steps, steps, guidance_scale, guidance)
         name, lvlm = self._lvlm(variant, purpose="generate_image", prefer=("seed-x-i", "seed-x"))
-        text_prompt = prompts.generation_prompt(name, prompt)  # type: ignore[arg-type]
+        _, crops = self._crops(list(context), self.config.anyres.grids) if context else ([], [])
+        text_prompt = prompts.generation_prompt(
+            name,  # type: ignore[arg-type]
+            prompt,
+            [c.num_crops - 1 for c in crops],
+            self.config.lvlm.num_image_tokens,
+        )
         opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
         return self._image_answer(
             lvlm,
             text_prompt,
-            [],
+            crops,
             opts,
             stage_for_variant(name),
             seed=seed,

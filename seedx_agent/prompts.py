@@ -176,13 +176,24 @@ def grounding_prompt(style: Style, num_tiles: int, phrase: str, num_image_tokens
     return Prompt().add_text(INST_OPEN).extend(images).add_text(question).add_text(INST_CLOSE)
 
 
-def generation_prompt(style: Style, caption: str) -> Prompt:
-    """Text-to-image: pre-trained ``{caption}<img>`` (forces an image) or the instruct template."""
+def generation_prompt(
+    style: Style, caption: str, context_tiles: Sequence[int] = (), num_image_tokens: int = 0
+) -> Prompt:
+    """Text-to-image: pre-trained ``{caption}<img>`` (forces an image) or the instruct template.
+
+    ``context_tiles`` (tiles per context image) puts earlier pictures before the request in the same user turn,
+    as SEED-X-I reads interleaved images and text (``[INST] <images>Generate an image: caption [/INST]``);
+    with none, the prompt is exactly the official single-turn template."""
     _check_style(style)
     caption = _user_text(caption, "prompt")
+    if not context_tiles:  # the official template, token for token
+        if style == "seed-x":
+            return Prompt().add_text(caption).add_special(BOI)
+        return Prompt().add_text(INST_OPEN + GENERATE_PREFIX).add_text(caption).add_text(INST_CLOSE)
+    images = _images(context_tiles, num_image_tokens)
     if style == "seed-x":
-        return Prompt().add_text(caption).add_special(BOI)
-    return Prompt().add_text(INST_OPEN + GENERATE_PREFIX).add_text(caption).add_text(INST_CLOSE)
+        return Prompt().extend(images).add_text(caption).add_special(BOI)
+    return Prompt().add_text(INST_OPEN).extend(images).add_text(GENERATE_PREFIX + caption).add_text(INST_CLOSE)
 
 
 def edit_prompt(num_tiles: int, instruction: str, num_image_tokens: int, *, image_first: bool = True) -> Prompt:

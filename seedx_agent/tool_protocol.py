@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 __all__ = [
     "COMPACT_MAX_NEW_TOKENS",
+    "DESCRIBE_QUESTION",
     "IMAGE_ID_RE",
     "SYSTEM_CLOSE",
     "SYSTEM_OPEN",
@@ -74,6 +75,8 @@ TOOL_CHOICE_ANY = "You must call at least one tool."
 TOOL_CHOICE_NAMED = "You must call the tool {name}."
 
 IMAGE_ID_RE = re.compile(r"img_[0-9a-f]{16}")  # the ImageMemory id form
+# The fixed question a "describe this picture" tool call asks (the miniature's captions are trained on it too).
+DESCRIBE_QUESTION = "describe the picture"
 _ALIAS_RE = re.compile(r"#(\d+)")
 _PARTIAL_ALIAS_RE = re.compile(r"#\d*$")
 

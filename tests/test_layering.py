@@ -1,7 +1,10 @@
-"""The floors of ARCHITECTURE.md: the core never pulls in LangChain, LangGraph or chromadb."""
+"""The floors of ARCHITECTURE.md: the core never pulls in LangChain, LangGraph or chromadb, and no product module
+(core, tools, memory, graphs) imports the miniature or the training code; only the CLI wiring and tests do."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_core_imports_no_agent_frameworks():
@@ -20,3 +23,78 @@ def test_importing_the_package_has_no_side_effects(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "False"
     assert list(tmp_path.iterdir()) == []  # nothing created in the working directory
+
+
+# ---------------------------------------------------------------------------------------------- internal floors
+
+ROOT = Path(__file__).resolve().parents[1]
+# Folders (as installed package names) that hold product code: none of them may import the miniature or the
+# training code. The CLI wiring (seedx_agent/cli.py, graphs/cli_*.py) is the one floor allowed to.
+PRODUCT = {
+    "seedx_agent": ROOT / "seedx_agent",
+    "seedx_agent.tools": ROOT / "tools",
+    "seedx_agent.memory": ROOT / "memory",
+    "seedx_agent.graphs": ROOT / "graphs",
+}
+PLUG_INS = ("seedx_agent.miniature", "seedx_agent.training")
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module a file imports (absolute names; relative imports resolved against ``package``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def plug_in_imports(path: Path, package: str) -> list[str]:
+    return sorted(m for m in imported_modules(path, package) if m.startswith(PLUG_INS))
+
+
+def product_files() -> list[tuple[Path, str]]:
+    files = []
+    for package, folder in PRODUCT.items():
+        pattern = "*.py" if package == "seedx_agent" else "**/*.py"  # the core's own subfolders are plug-ins
+        for path in sorted(folder.glob(pattern)):
+            if path.name == "cli.py" or path.name.startswith("cli_"):
+                continue  # CLI wiring: the only floor that connects plug-ins
+            files.append((path, package))
+    return files
+
+
+def test_no_product_module_imports_the_miniature_or_training() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for path, package in product_files()
+        if (found := plug_in_imports(path, package))
+    }
+    assert offenders == {}, f"product code imports plug-ins (only the CLI wiring and tests may): {offenders}"
+    assert len(product_files()) > 40  # the walk really saw the tree
+
+
+def test_the_floor_check_catches_a_wrong_import(tmp_path: Path) -> None:
+    bad = tmp_path / "story.py"
+    bad.write_text(
+        "from seedx_agent.miniature import world\nfrom .planning import Check\nimport seedx_agent.training.loop\n"
+    )
+    assert plug_in_imports(bad, "seedx_agent.graphs") == [
+        "seedx_agent.miniature",
+        "seedx_agent.miniature.world",
+        "seedx_agent.training.loop",
+    ]
+    relative = tmp_path / "deep.py"
+    relative.write_text("from .miniature.world import Scene\n")
+    assert plug_in_imports(relative, "seedx_agent") == [
+        "seedx_agent.miniature.world",
+        "seedx_agent.miniature.world.Scene",
+    ]

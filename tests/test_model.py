@@ -229,3 +229,16 @@ def test_cfg_negative_is_the_zero_image_and_official_guidance(model):
     official = SeedXConfig.from_preset("seed-x-i")
     assert official.detokenizer.guidance_scale == 7.5
     assert (official.edit_detokenizer.guidance_scale, official.edit_detokenizer.image_guidance_scale) == (7.5, 1.5)
+
+
+def test_generate_image_reads_context_images(model):
+    """SEED-X-I style: earlier pictures in, a new picture out; the context changes the regressed features."""
+    picture = PIL.Image.new("RGB", (40, 24), (200, 60, 30))
+    plain = model.generate_image("a fox", seed=0, num_inference_steps=1)
+    seen = model.generate_image("a fox", seed=0, num_inference_steps=1, context=[picture])
+    again = model.generate_image("a fox", seed=0, num_inference_steps=1, context=[picture])
+    assert seen.image.size == plain.image.size
+    assert torch.equal(seen.features, again.features)  # deterministic
+    assert not torch.equal(seen.features, plain.features)  # the context reached the LLM
+    with pytest.raises(InvalidImageError):
+        model.generate_image("a fox", context=[b"not an image"])

@@ -86,3 +86,15 @@ def test_referring_box_is_written_as_box_tokens_and_reads_back():
 def test_bad_referring_questions(question, tiles, size, words):
     with pytest.raises((InvalidPromptError, InvalidBoxError), match=words):
         prompts.comprehension_prompt("seed-x-i", tiles, question, 4, image_size=size)
+
+
+def test_generation_with_context_images_reads_them_in_the_same_turn():
+    img = patch_block(4) + image_block(4) + image_block(4)  # one picture of 1 tile + thumbnail, one thumbnail only
+    with_context = prompts.generation_prompt("seed-x-i", "the fox flies", [1, 0], 4)
+    assert with_context.text == f"[INST] {img}Generate an image: the fox flies [/INST]\n"
+    assert with_context.num_input_crops == 3
+    assert prompts.generation_prompt("seed-x", "the fox flies", [0], 4).text == f"{image_block(4)}the fox flies<img>"
+    # without context the official single-turn template is unchanged, segment for segment
+    assert prompts.generation_prompt("seed-x-i", "a cat", [], 4).segments == prompts.generation_prompt(
+        "seed-x-i", "a cat"
+    ).segments

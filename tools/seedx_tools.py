@@ -19,7 +19,7 @@ import numpy as np
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from seedx_agent.memory import ImageMemory, InvalidMemoryRequestError, UnknownImageError
+from seedx_agent.memory import ImageMemory, ImageRecord, InvalidMemoryRequestError, UnknownImageError
 from seedx_agent.memory.records import validate_namespace
 
 from seedx_agent.engine import SeedXEngine
@@ -40,6 +40,7 @@ __all__ = [
     "GenerateImageArgs",
     "GroundArgs",
     "RecallImagesArgs",
+    "SeedXToolbox",
     "annotate_boxes",
     "make_seedx_tools",
     "memory_image_embedder",
@@ -182,10 +183,24 @@ def _validation_message(error: ValidationError) -> str:
 # ---------------------------------------------------------------------------------------------- the factory
 
 
-class _SeedXToolbox:
-    """Holds the engine, memory and namespace shared by the tool functions (composition, no globals)."""
+class SeedXToolbox:
+    """The one place where SEED-X work meets the image memory: every generated or edited picture is stored
+    here with its lineage (prompt, parent, operation, seed, model). The five tools and the story, slides and
+    refine graphs all go through it; ``namespace`` scopes both the ids it reads and the records it writes."""
 
-    def __init__(self, engine: SeedXEngine, memory: ImageMemory, namespace: str, default_steps: int | None) -> None:
+    def __init__(
+        self,
+        engine: SeedXEngine,
+        memory: ImageMemory,
+        namespace: str,
+        default_steps: int | None = None,
+        *,
+        read_namespace: str | None = None,
+    ) -> None:
+        validate_namespace(namespace)
+        self.read_namespace = validate_namespace(read_namespace or namespace, argument="read_namespace")
+        if not (namespace + "/").startswith(self.read_namespace + "/"):
+            raise ConfigError(f"namespace {namespace!r} must lie inside read_namespace {self.read_namespace!r}")
         self.engine = engine
         self.memory = memory
         self.namespace = namespace
@@ -193,7 +208,63 @@ class _SeedXToolbox:
         self.model_name = engine.model.config.name
 
     def _load(self, image_id: str) -> Image.Image:
-        return self.memory.load(image_id, namespace=self.namespace)
+        return self.memory.load(image_id, namespace=self.read_namespace)
+
+    def load(self, image_id: str) -> Image.Image:
+        """The pixels of a stored image of this namespace (``UnknownImageError`` names a bad id)."""
+        return self._load(image_id)
+
+    def render(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        context_ids: Sequence[str] = (),
+        operation: str = "generate",
+        caption: str | None = None,
+    ) -> ImageRecord:
+        """Generate a picture (reading ``context_ids`` pictures first, SEED-X-I style) and store it."""
+        context = [self._load(image_id) for image_id in context_ids]
+        extra: dict[str, Any] = {"context": context} if context else {}
+        result = self.engine.generate_image(prompt, seed=seed, num_inference_steps=self.default_steps, **extra)
+        return self.memory.add(
+            result.image,
+            kind="generated",
+            namespace=self.namespace,
+            prompt=prompt,
+            caption=caption,
+            operation=operation,
+            seed=seed,
+            model=self.model_name,
+        )
+
+    def revise(
+        self,
+        image_id: str,
+        instruction: str,
+        *,
+        seed: int,
+        operation: str = "edit",
+        prompt: str | None = None,
+        caption: str | None = None,
+    ) -> ImageRecord:
+        """Edit a stored picture into a new stored child (``parent_id`` = ``image_id``); the original is kept.
+
+        ``prompt`` records what the new picture should show (default: the instruction), so text recall finds it.
+        """
+        source = self._load(image_id)
+        result = self.engine.edit_image(source, instruction, seed=seed, num_inference_steps=self.default_steps)
+        return self.memory.add(
+            result.image,
+            kind="edited",
+            namespace=self.namespace,
+            prompt=prompt or instruction,
+            caption=caption,
+            parent_id=image_id,
+            operation=operation,
+            seed=seed,
+            model=self.model_name,
+        )
 
     def comprehend(self, image_ids: list[str], question: str) -> tuple[str, dict[str, Any]]:
         """Answer a question about one or more stored images (description, VQA, comparison, reading text)."""
@@ -234,16 +305,7 @@ class _SeedXToolbox:
         prompt = _require_text(prompt, "prompt", "a red ball on a wooden table")
         used_seed = self._seed(seed)
         with _model_fixable("generate_image"):
-            result = self.engine.generate_image(prompt, seed=used_seed, num_inference_steps=self.default_steps)
-        record = self.memory.add(
-            result.image,
-            kind="generated",
-            namespace=self.namespace,
-            prompt=prompt,
-            operation="generate",
-            seed=used_seed,
-            model=self.model_name,
-        )
+            record = self.render(prompt, seed=used_seed)
         logger.info("generated %s for prompt %r (seed %d)", record.id, prompt, used_seed)
         content = generate_result(record.id, record.width, record.height, used_seed, prompt)
         return content, {"image_id": record.id, "seed": used_seed, "prompt": prompt}
@@ -253,18 +315,7 @@ class _SeedXToolbox:
         instruction = _require_text(instruction, "instruction", "make the sky purple")
         used_seed = self._seed(seed)
         with _model_fixable("edit_image"):
-            source = self._load(image_id)
-            result = self.engine.edit_image(source, instruction, seed=used_seed, num_inference_steps=self.default_steps)
-        record = self.memory.add(
-            result.image,
-            kind="edited",
-            namespace=self.namespace,
-            prompt=instruction,
-            parent_id=image_id,
-            operation="edit",
-            seed=used_seed,
-            model=self.model_name,
-        )
+            record = self.revise(image_id, instruction, seed=used_seed)
         logger.info("edited %s into %s with %r (seed %d)", image_id, record.id, instruction, used_seed)
         content = edit_result(image_id, instruction, record.id, used_seed)
         return content, {"image_id": record.id, "parent_id": image_id, "seed": used_seed, "instruction": instruction}
@@ -314,7 +365,7 @@ def make_seedx_tools(
         isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps < 1
     ):
         raise ConfigError(f"default_steps must be a positive int or None (model default), got {default_steps!r}")
-    box = _SeedXToolbox(engine, memory, namespace, default_steps)
+    box = SeedXToolbox(engine, memory, namespace, default_steps)
     specs: list[tuple[Callable[..., tuple[str, dict[str, Any]]], type[BaseModel]]] = [
         (box.comprehend, ComprehendArgs),
         (box.ground, GroundArgs),

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from seedx_agent.errors import ConfigError
 from seedx_agent.tokens import encode_box
+from seedx_agent.tool_protocol import DESCRIBE_QUESTION
 
 __all__ = [
     "BACKGROUNDS",
@@ -142,8 +143,8 @@ MAX_IMAGE_SIZE = 2048
 # (reference §7.1), so the location bins barely depend on it.
 DEFAULT_IMAGE_SIZE = 64
 MAX_STORY_STEPS = 8
-# The question a captioning sample is asked with (training and evaluation share it).
-CAPTION_QUESTION = "describe the picture"
+# The question a captioning sample is asked with (training and evaluation share it; the tool protocol's own).
+CAPTION_QUESTION = DESCRIBE_QUESTION
 
 _PLURALS = {kind: kind + "s" for kind in KINDS}
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("script", "extra", "expected_output", "expected_files"),
     [
         ("chat_agent.py", [], "lineage: img_", ["memory"]),
-        ("refine.py", ["--rounds", "1"], "verified=False after 1 edit(s)", ["report.json", "00_generate.png"]),
+        ("refine.py", ["--rounds", "1"], "verified=False after 1 correction(s)", ["report.json", "00_generate.png"]),
         ("embed_seedx.py", [], "wrote ", ["generated.png", "edited.png"]),
     ],
 )

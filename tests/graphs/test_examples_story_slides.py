@@ -32,9 +32,10 @@ def run(script: str, *args: str) -> str:
 
 
 def test_story_example(tmp_path: Path) -> None:
-    output = run("story.py", "--steps", "3", "--out", str(tmp_path))
-    assert "step   2" in output and "lineage of the last picture: 3 pictures" in output
+    output = run("story.py", "--beats", "3", "--out", str(tmp_path))
+    assert "beat   2 (edit" in output and "lineage of the last picture: 3 pictures" in output
     assert (tmp_path / "storyboard.html").read_text().count("<figure>") == 3
+    assert (tmp_path / "manifest.json").is_file()
 
 
 def test_slides_example(tmp_path: Path) -> None:

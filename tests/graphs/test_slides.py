@@ -1,36 +1,82 @@
-"""The slides graph on a real tiny-random engine: outline, recalled+edited pictures, the critique/refine
-loop, and a .pptx that python-pptx re-opens with one picture per planned slide, plus PNG previews."""
+"""The slides graph on tiny-random: a free-form topic planned by a scripted chat model reaches the pictures'
+prompts, the deck's text and notes and memory lineage; critique -> planner fix -> edit or redraw; recall and
+edit of a stored picture; bad planner output repaired once, then a typed error with nothing written; the
+world plug-in's outline (no edit instruction shown as a bullet)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage
 from PIL import Image
 from pptx import Presentation
 from pptx.enum.shapes import MSO_SHAPE_TYPE
-from seedx_agent.graphs.slides import create_slides_graph, plan_outline
+from seedx_agent.graphs.planning import PlannerOutputError
+from seedx_agent.graphs.scripted import ScriptedPlanner
+from seedx_agent.graphs.slides import create_slides_graph
 from seedx_agent.memory import ImageMemory
 from seedx_agent.tools import memory_image_embedder
 
 from seedx_agent.engine import SeedXEngine
-from seedx_agent.errors import ConfigError
+from seedx_agent.errors import ConfigError, InvalidPromptError
 from seedx_agent.miniature import world
+from seedx_agent.miniature.planners import WorldPlanner
 from seedx_agent.model import SeedX
+
+OUTLINE = {
+    "slides": [
+        {
+            "title": "How tides work",
+            "bullets": ["The moon pulls the oceans", "Two high tides a day"],
+            "layout": "title",
+            "picture_prompt": "the moon above a calm sea at night",
+            "notes": "Open with the moon.",
+        },
+        {
+            "title": "Spring and neap tides",
+            "bullets": ["Sun and moon aligned: spring tides", "At right angles: neap tides"],
+            "layout": "picture_left",
+            "picture_prompt": "a diagram of the sun, the earth and the moon in a line",
+            "notes": "Point at the alignment.",
+            "checks": [{"kind": "ask", "query": "Is the moon in the picture?", "expect": "yes"}],
+        },
+    ]
+}
+
+
+class RecordingEngine(SeedXEngine):
+    """A real engine that records prompts, edit instructions and questions."""
+
+    def reset(self) -> None:
+        self.prompts: list[str] = []
+        self.edits: list[str] = []
+        self.questions: list[str] = []
+
+    def generate_image(self, prompt: str, **kwargs: Any) -> Any:
+        self.prompts.append(prompt)
+        return super().generate_image(prompt, **kwargs)
+
+    def edit_image(self, image: Any, instruction: str, **kwargs: Any) -> Any:
+        self.edits.append(instruction)
+        return super().edit_image(image, instruction, **kwargs)
+
+    def comprehend(self, image: Any, question: Any, **kwargs: Any) -> Any:
+        self.questions.append(question)
+        return super().comprehend(image, question, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+def engine() -> RecordingEngine:
+    return RecordingEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.fixture
-def memory(engine: SeedXEngine, tmp_path: Path) -> Iterator[ImageMemory]:
+def memory(engine: RecordingEngine, tmp_path: Path) -> Iterator[ImageMemory]:
+    engine.reset()
     with ImageMemory.open(tmp_path / "memory", image_embedder=memory_image_embedder(engine)) as opened:
         yield opened
 
@@ -40,87 +86,111 @@ def pictures_per_slide(path: Path) -> list[int]:
     return [sum(shape.shape_type == MSO_SHAPE_TYPE.PICTURE for shape in slide.shapes) for slide in deck.slides]
 
 
-def test_deck_with_critique_and_refine_loop(engine: SeedXEngine, memory: ImageMemory, tmp_path: Path) -> None:
+def deck_text(path: Path) -> list[str]:
+    return [
+        " ".join(shape.text_frame.text for shape in slide.shapes if shape.has_text_frame)
+        for slide in Presentation(str(path)).slides
+    ]
+
+
+def test_free_form_topic_reaches_pictures_deck_and_lineage(
+    engine: RecordingEngine, memory: ImageMemory, tmp_path: Path
+) -> None:
+    fixes = [
+        AIMessage('{"action": "edit", "instruction": "make the moon bigger"}'),
+        AIMessage('{"action": "regenerate", "instruction": "the sun, the earth and the moon in one line, a diagram"}'),
+    ]
+    planner = ScriptedPlanner(turns=[AIMessage(json.dumps(OUTLINE)), *fixes])
     out = tmp_path / "deck"
-    graph = create_slides_graph(engine, memory, out_dir=out, n_slides=3, max_refine=1, num_inference_steps=2)
-    events: list[dict[str, Any]] = []
-    final: dict[str, Any] = {}
-    for mode, chunk in graph.stream({"topic": "red circles", "base_seed": 7}, stream_mode=["custom", "values"]):
-        if mode == "custom":
-            events.append(chunk)
-        else:
-            final = chunk
-    plan = plan_outline("red circles", 3, seed=7)
-    assert [slide["title"] for slide in final["slides"]] == [p.title for p in plan]
+    graph = create_slides_graph(
+        engine, memory, planner=planner, out_dir=out, n_slides=2, max_refine=1, num_inference_steps=2
+    )
+    final = graph.invoke({"topic": "how tides work", "deck_id": "tides"})
 
-    # pictures: slide 0 generated, later slides recalled by text (the previous slide's picture) and edited
-    modes = [e["mode"] for e in events if e["event"] == "slide_picture"]
-    assert modes == ["generated", "recalled+edited", "recalled+edited"]
-    first_pictures = [e["image_id"] for e in events if e["event"] == "slide_picture"]
-    assert memory.get(first_pictures[1]).parent_id == first_pictures[0]
-    assert memory.get(first_pictures[2]).parent_id == first_pictures[1]
+    # the planner's picture prompts and fixes reached the model; its checks (or the default one) were asked
+    assert engine.prompts[:2] == [s["picture_prompt"] for s in OUTLINE["slides"]]
+    assert engine.edits == ["make the moon bigger"]
+    assert engine.prompts[2] == "the sun, the earth and the moon in one line, a diagram"
+    assert "Does the picture show the moon above a calm sea at night? Answer yes or no." in engine.questions
+    assert "Is the moon in the picture?" in engine.questions
 
-    # critique/refine: random weights ground nothing, so every slide is refined max_refine times and re-judged
-    kinds = [e["event"] for e in events]
-    assert kinds.count("slide_critique") == 6 and kinds.count("slide_refine") == 3
-    for slide in final["slides"]:
-        assert not slide["passed"] and slide["attempts"] == 1 and len(slide["critiques"]) == 2
-        assert slide["critiques"][0]["missing"] and slide["critiques"][0]["score"] == 0.0
-        assert slide["image_id"] not in first_pictures  # the refined picture replaced the first one
-        assert memory.get(slide["image_id"]).seed == 7 + final["slides"].index(slide) + 1000
-    json.dumps(final)  # ids and text only
+    first, second = final["slides"]
+    assert [len(s["critiques"]) for s in final["slides"]] == [2, 2] and not first["passed"]  # random weights
+    assert first["mode"] == "generated, then edit (make the moon bigger)"
+    edited = memory.get(first["image_id"], namespace="slides/tides")
+    assert edited.parent_id == first["critiques"][0]["image_id"] and edited.operation == "slides-refine-edit"
+    assert edited.prompt == "the moon above a calm sea at night" and edited.caption == "How tides work"
+    assert memory.count("slides/tides") == 4
 
-    # the deck: planned slide count, one picture each, titles; previews rendered with Pillow
-    assert pictures_per_slide(Path(final["pptx"])) == [1, 1, 1]
-    deck = Presentation(final["pptx"])
-    assert [slide.shapes.title.text for slide in deck.slides] == [p.title for p in plan]
-    assert len(final["previews"]) == 3
+    # the deck: every title and bullet, notes with the planner's notes and the picture's sources, one picture each
+    assert pictures_per_slide(Path(final["pptx"])) == [1, 1]
+    text = deck_text(Path(final["pptx"]))
+    assert "How tides work" in text[0] and "The moon pulls the oceans" in text[0] and "Two high tides a day" in text[0]
+    assert "At right angles: neap tides" in text[1]
+    notes = [s.notes_slide.notes_text_frame.text for s in Presentation(final["pptx"]).slides]
+    assert notes[0].startswith("Open with the moon.") and first["image_id"] in notes[0]
+    assert "Edited from: " + edited.parent_id in notes[0] and "0/1 checks passed" in notes[0]
+    assert second["image_id"] in notes[1] and "Prompt: a diagram of the sun" in notes[1]
     for preview in final["previews"]:
         with Image.open(preview) as image:
             assert image.size == (960, 540)
 
 
-def test_passing_pictures_are_not_refined(engine: SeedXEngine, memory: ImageMemory, tmp_path: Path) -> None:
-    graph = create_slides_graph(
-        engine, memory, out_dir=tmp_path / "deck", n_slides=1, max_refine=3, pass_score=0.0, num_inference_steps=2
+def test_recalled_picture_is_edited_for_the_slide(engine: RecordingEngine, memory: ImageMemory, tmp_path: Path) -> None:
+    stored = memory.add(
+        Image.new("RGB", (32, 32), "navy"), kind="input", namespace="slides/library", prompt="a night sea"
     )
-    final = graph.invoke({"topic": "a blue square"})
-    (slide,) = final["slides"]
-    assert slide["passed"] and slide["attempts"] == 0 and len(slide["critiques"]) == 1
-    assert pictures_per_slide(Path(final["pptx"])) == [1]
-
-
-def test_chat_model_planner(engine: SeedXEngine, memory: ImageMemory, tmp_path: Path) -> None:
-    answer = {
+    outline = {
         "slides": [
-            {"title": "Intro", "bullets": ["shapes"], "layout": "title", "image_prompt": "a red circle"},
-            {"title": "More", "bullets": ["a", "b"], "layout": "picture_left", "image_prompt": "a blue square"},
+            {
+                "title": "Night",
+                "bullets": ["dark water"],
+                "picture_prompt": "a night sea with a full moon",
+                "recall_query": "a night sea",
+                "edit_instruction": "add a full moon",
+            }
         ]
     }
-    planner = FakeListChatModel(responses=["Here it is:\n" + json.dumps(answer)])
+    planner = ScriptedPlanner(turns=[AIMessage(json.dumps(outline))])
     graph = create_slides_graph(
-        engine, memory, out_dir=tmp_path / "deck", n_slides=2, max_refine=0, planner=planner, num_inference_steps=2
+        engine, memory, planner=planner, out_dir=tmp_path / "d", n_slides=1, max_refine=0, num_inference_steps=2
     )
-    final = graph.invoke({"topic": "shapes"})
-    assert [slide["title"] for slide in final["slides"]] == ["Intro", "More"]
-    for slide in final["slides"]:
-        review = slide["critiques"][0]
-        assert review["misplaced"] == [] and 0.0 <= review["score"] <= 1.0  # caption-overlap critique
-    assert pictures_per_slide(Path(final["pptx"])) == [1, 1]
-
-    bad = FakeListChatModel(responses=['{"slides": [{"title": "x"}]}'])
-    graph = create_slides_graph(engine, memory, out_dir=tmp_path / "bad", n_slides=1, planner=bad)
-    with pytest.raises(ConfigError, match="planner"):
-        graph.invoke({"topic": "shapes"})
+    (slide,) = graph.invoke({"topic": "the sea at night"})["slides"]
+    assert slide["mode"] == "recalled+edited" and engine.edits == ["add a full moon"] and engine.prompts == []
+    assert memory.get(slide["image_id"]).parent_id == stored.id
+    assert memory.get(slide["image_id"]).prompt == "a night sea with a full moon"  # recallable by what it shows
 
 
-def test_outline_is_deterministic_world_text() -> None:
-    plan = plan_outline("large green squares", 5, seed=3)
-    assert plan == plan_outline("large green squares", 5, seed=3)
-    assert [p.layout for p in plan] == ["title", "picture_right", "picture_left", "picture_right", "picture_left"]
-    assert "a large green square" in plan[0].image_prompt
-    for before, after in itertools.pairwise(plan):
-        assert after.source_prompt == before.image_prompt and after.instruction == after.bullets[0]
-        assert set(world.text_words(after.instruction)) <= set(world.VOCABULARY)
+def test_bad_planner_output_twice_writes_nothing(engine: RecordingEngine, memory: ImageMemory, tmp_path: Path) -> None:
+    three = {"slides": OUTLINE["slides"] + OUTLINE["slides"][:1]}
+    planner = ScriptedPlanner(turns=[AIMessage("Slides: intro, body, end"), AIMessage(json.dumps(three))])
+    out = tmp_path / "never"
+    graph = create_slides_graph(engine, memory, planner=planner, out_dir=out, n_slides=2, num_inference_steps=2)
+    with pytest.raises(PlannerOutputError, match="exactly 2"):
+        graph.invoke({"topic": "how tides work"})
+    assert memory.count() == 0 and not out.exists() and engine.prompts == []
+
+
+def test_world_plugin_outline(engine: RecordingEngine, memory: ImageMemory, tmp_path: Path) -> None:
+    graph = create_slides_graph(
+        engine, memory, planner=WorldPlanner(), out_dir=tmp_path / "w", n_slides=3, max_refine=0, num_inference_steps=2
+    )
+    final = graph.invoke({"topic": "red circles", "base_seed": 4})
+    slides = final["slides"]
+    assert slides[0]["layout"] == "title" and slides[0]["title"] == "red circles"
+    for slide in slides:
+        assert all(set(world.text_words(b)) <= set(world.VOCABULARY) for b in slide["bullets"])
+        assert not any(b.split()[0] in {"make", "move", "add", "remove"} for b in slide["bullets"])  # no edit text
+        assert slide["checks"] and all(c["kind"] == "ground" for c in slide["checks"])
+    assert all(s["notes"].startswith("What changed since the previous slide: ") for s in slides[1:])
+    assert pictures_per_slide(Path(final["pptx"])) == [1, 1, 1]
+
+
+def test_bad_inputs(engine: RecordingEngine, memory: ImageMemory, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="n_slides"):
-        plan_outline("x", 0)
+        create_slides_graph(engine, memory, planner=WorldPlanner(), out_dir=tmp_path, n_slides=0)
+    with pytest.raises(ConfigError, match="max_refine"):
+        create_slides_graph(engine, memory, planner=WorldPlanner(), out_dir=tmp_path, max_refine=-1)
+    graph = create_slides_graph(engine, memory, planner=WorldPlanner(), out_dir=tmp_path)
+    with pytest.raises(InvalidPromptError, match="topic"):
+        graph.invoke({"topic": ""})

@@ -14,6 +14,7 @@ from seedx_agent.memory import ImageMemory, InvalidImageIdError
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError, InvalidPromptError
+from seedx_agent.miniature.planners import WorldPlanner
 
 
 def _graph_module(name: str):
@@ -46,7 +47,9 @@ def test_story_graph_bad_inputs(
 ) -> None:
     story = _graph_module("story")
     out = tmp_path / "story"
-    graph = story.create_story_graph(engine, memory, steps=1, out_dir=out, num_inference_steps=1)
+    graph = story.create_story_graph(
+        engine, memory, planner=WorldPlanner(), steps=1, out_dir=out, num_inference_steps=1
+    )
     count = memory.count()
     with pytest.raises(error_type) as caught:
         graph.invoke(inputs)
@@ -59,7 +62,7 @@ REFINE_CASES = [
     ("no request", {}, InvalidPromptError, ["refine request is empty"]),
     ("blank request", {"request": " "}, InvalidPromptError, ["refine request is empty"]),
     ("request not a string", {"request": ["a red circle"]}, InvalidPromptError, ["refine request is empty"]),
-    ("nothing checkable", {"request": "a happy mood"}, InvalidPromptError, ["nothing in", "can be verified"]),
+    ("nothing checkable", {"request": "a happy mood"}, InvalidPromptError, ["nothing to check", "open-vocabulary"]),
 ]
 
 
@@ -68,7 +71,7 @@ def test_refine_graph_bad_inputs(
     engine: SeedXEngine, memory: ImageMemory, label: str, inputs: dict, error_type: type, words: list
 ) -> None:
     refine = _graph_module("refine")
-    graph = refine.create_refine_graph(engine, memory, max_rounds=0, num_inference_steps=1)
+    graph = refine.create_refine_graph(engine, memory, planner=WorldPlanner(), max_rounds=0, num_inference_steps=1)
     count, files = memory.count(), tree_snapshot(memory.root / "images")
     with pytest.raises(error_type) as caught:
         graph.invoke(inputs)
@@ -80,7 +83,7 @@ def test_refine_graph_bad_inputs(
 @pytest.mark.parametrize("seed", ["seven", 1.5, -1, True])
 def test_refine_graph_malformed_seed(engine: SeedXEngine, memory: ImageMemory, seed: object) -> None:
     refine = _graph_module("refine")
-    graph = refine.create_refine_graph(engine, memory, max_rounds=0, num_inference_steps=1)
+    graph = refine.create_refine_graph(engine, memory, planner=WorldPlanner(), max_rounds=0, num_inference_steps=1)
     count = memory.count()
     with pytest.raises(ConfigError, match="seed"):
         graph.invoke({"request": "a red circle", "seed": seed})
