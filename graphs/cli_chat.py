@@ -1,4 +1,4 @@
-"""``seedx-agent chat | refine | memory``: the agent graphs and the image memory from the command line.
+"""``seedx-agent chat | memory``: the agent graphs and the image memory from the command line.
 
 ``register(subparsers)`` adds the three subcommands to an ``argparse`` sub-parser set (the main CLI calls it);
 ``main(argv)`` runs them stand-alone. Heavy imports (torch, LangGraph, chromadb) happen inside the commands, so
@@ -11,17 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "cmd_chat", "cmd_memory", "cmd_refine", "main", "register"]
+from seedx_agent.tool_protocol import IMAGE_ID_RE
+
+__all__ = ["build_parser", "cmd_chat", "cmd_memory", "main", "register"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MEMORY = "~/.cache/seedx-agent/memory"  # same as seedx_agent.graphs.runtime.DEFAULT_MEMORY_DIR
+_DEFAULT_PICTURES = "outputs/chat"  # where chat writes new pictures when --out is not given
 
 
 def _add_memory_flag(parser: argparse.ArgumentParser) -> None:
@@ -35,16 +39,22 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``chat``, ``refine`` and ``memory`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    """Add ``chat`` and ``memory`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
     chat = subparsers.add_parser("chat", help="talk to the SEED-X agent (REPL, or --script for a batch)")
     _add_model_flags(chat)
     _add_memory_flag(chat)
-    chat.add_argument("--out", default=None, help="write transcript.json and every image of the conversation here")
+    chat.add_argument(
+        "--out",
+        default=None,
+        help="write transcript.json and every image of the conversation here (without it, new pictures go to "
+        f"{_DEFAULT_PICTURES}/)",
+    )
     chat.add_argument(
         "--script",
         default=None,
         help="JSON list of user inputs replayed non-interactively; besides messages, '/add PATH' stores an image "
-        "(its id is attached to the next message) and '/approve' or '/reject REASON' answer a pending edit review",
+        "(its id is attached to the next message) and '/approve' or '/reject REASON' answer a pending edit review. "
+        "In messages, #N names the picture the chat printed with that handle",
     )
     chat.add_argument("--approve-edits", action="store_true", help="ask before every edit_image call")
     chat.add_argument(
@@ -56,16 +66,6 @@ def register(subparsers: Any) -> None:
     chat.add_argument("--thread", default=None, help="thread id to continue (with --checkpoints)")
     chat.add_argument("--checkpoints", default=None, help="SQLite file keeping threads (default: in memory only)")
     chat.set_defaults(func=cmd_chat)
-
-    refine = subparsers.add_parser("refine", help="generate, verify and edit until the picture matches")
-    _add_model_flags(refine)
-    _add_memory_flag(refine)
-    refine.add_argument("--prompt", required=True, help="e.g. 'a red circle at the top left'")
-    refine.add_argument("--rounds", type=int, default=3, help="at most this many edits (default 3)")
-    refine.add_argument("--seed", type=int, default=0)
-    refine.add_argument("--namespace", default="refine", help="memory namespace of the versions")
-    refine.add_argument("--out", default="outputs/refine", help="folder for every version's PNG and report.json")
-    refine.set_defaults(func=cmd_refine)
 
     memory = subparsers.add_parser("memory", help="list, search, show, export or delete stored images")
     _add_memory_flag(memory)
@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- chat
 
+# The new picture a successful tool result brings, by tool (ground's ``image_id`` is its input, not new).
+_PICTURE_KEYS = {"generate_image": "image_id", "edit_image": "image_id", "ground": "annotated_image_id"}
+_ATTACHED_RE = re.compile(r"\(attached images: ([^)]*)\)\s*$")
+_HANDLE_IN_TEXT_RE = re.compile(r"(?<![\w#&])#(\d+)(?!\w)")  # '#2' in 'make #2 blue', not 'abc#2' or '#2nd'
+_WHOLE_HANDLE_RE = re.compile(r"\s*#(\d+)\s*")
+
 
 def _read_json_list(path: str, what: str) -> list[Any]:
     from seedx_agent.errors import ConfigError
@@ -140,18 +146,185 @@ def _interactive_inputs() -> Iterator[str]:
             return
 
 
-def _progress_printer(quiet: bool) -> Callable[[dict[str, Any]], None]:
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _seconds(event: dict[str, Any]) -> str:
+    seconds = event.get("seconds")
+    return f"{seconds:.2f} s" if isinstance(seconds, (int, float)) else "?"
+
+
+def _progress_line(event: dict[str, Any], seed_of: Callable[[str], int | None]) -> str:
+    """One short human line for a chat progress event (``seed_of`` looks up the seed of a stored image)."""
+    kind, tool = event.get("event"), event.get("tool")
+    if kind == "planner_start":
+        return "[planner] thinking"
+    if kind == "planner_end":
+        calls = event.get("tool_calls") or []
+        return f"[planner] {'calls ' + ', '.join(calls) if calls else 'answers'} ({_seconds(event)})"
+    if kind == "tool_start":
+        return f"[{tool}] running"
+    if kind == "tool_end":
+        if event.get("status") == "error":
+            return f"[{tool}] failed ({_seconds(event)})"
+        new_id = event.get(_PICTURE_KEYS.get(str(tool), ""))
+        if tool == "ground":
+            found = f"boxes drawn on {new_id}" if new_id else "nothing found"
+            return f"[ground] done: {found} ({_seconds(event)})"
+        if isinstance(new_id, str):
+            parent = f" from {event['parent_id']}" if event.get("parent_id") else ""
+            seed = seed_of(new_id)
+            seed_text = f"seed {seed}, " if seed is not None else ""
+            return f"[{tool}] done: {new_id}{parent} ({seed_text}{_seconds(event)})"
+        return f"[{tool}] done ({_seconds(event)})"
+    if kind == "review_requested":
+        return f"[review] {tool} waits for /approve or /reject REASON"
+    if kind == "review_decided":
+        return "[review] approved" if event.get("approved") else f"[review] rejected: {event.get('reason') or '-'}"
+    if kind == "tool_skipped":
+        return f"[{tool}] skipped: {event.get('reason')}"
+    details = ", ".join(f"{key}={value}" for key, value in event.items() if key != "event")
+    return f"[{kind}] {details}"
+
+
+def _progress_printer(quiet: bool, memory: Any) -> Callable[[dict[str, Any]], None]:
+    from seedx_agent.errors import SeedXError
+
+    def seed_of(image_id: str) -> int | None:
+        try:
+            return memory.get(image_id).seed
+        except SeedXError:
+            return None
+
     def show(event: dict[str, Any]) -> None:
-        if quiet:
-            return
-        details = ", ".join(f"{key}={value}" for key, value in event.items() if key != "event")
-        print(f"  [{event.get('event')}] {details}", file=sys.stderr)
+        if not quiet:
+            print("  " + _progress_line(event, seed_of), file=sys.stderr)
 
     return show
 
 
+def _pictures_of(message: Any) -> list[str]:
+    """The images ``message`` brings into the conversation: a tool result's new picture, pictures the planner
+    drew itself (``response_metadata["image_ids"]``), or ids attached with ``/add`` to a human message."""
+    if message.type == "tool":
+        artifact = message.artifact if isinstance(message.artifact, dict) else {}
+        image_id = artifact.get(_PICTURE_KEYS.get(message.name or "", ""))
+        return [image_id] if message.status == "success" and isinstance(image_id, str) else []
+    if message.type == "ai":
+        image_ids = (message.response_metadata or {}).get("image_ids") or []
+        return [image_id for image_id in image_ids if isinstance(image_id, str)]
+    if message.type == "human" and isinstance(message.content, str):
+        attached = _ATTACHED_RE.search(message.content)
+        return IMAGE_ID_RE.findall(attached.group(1)) if attached else []
+    return []
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message content (a string, or a list of blocks whose image blocks are left out)."""
+    if isinstance(content, str):
+        return content
+    parts = [block if isinstance(block, str) else block.get("text", "") for block in content or []]
+    return "".join(part for part in parts if isinstance(part, str))
+
+
+class _Handles:
+    """The ``#1``, ``#2``, ... names the chat shows for the images of one conversation, in order of appearance.
+
+    They stay fixed for the whole conversation (every turn, and a ``--thread`` continued later), so a later turn
+    can say "make #1 blue": the handles in a user message are replaced by their memory ids before the planner
+    sees it. Planners that keep handles of their own (``ChatSeedX`` with compact tool specs numbers the ids of
+    the messages it is shown) expand those themselves; a tool argument still holding a handle afterwards (a
+    scripted planner, or a planner that only saw the handle) is read as this conversation's handle.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, image_id: str) -> str:
+        """The handle of ``image_id`` (a new one on first appearance)."""
+        if image_id not in self._index:
+            self._index[image_id] = len(self.ids)
+            self.ids.append(image_id)
+        return f"#{self._index[image_id] + 1}"
+
+    def _id(self, number: str) -> str | None:
+        index = int(number) - 1
+        return self.ids[index] if 0 <= index < len(self.ids) else None
+
+    def expand_text(self, text: str) -> tuple[str, list[str]]:
+        """``text`` with every known handle replaced by its id, and the handles it names that are unknown."""
+        unknown: list[str] = []
+
+        def replace(match: re.Match[str]) -> str:
+            image_id = self._id(match.group(1))
+            if image_id is None:
+                unknown.append(match.group(0))
+                return match.group(0)
+            return image_id
+
+        return _HANDLE_IN_TEXT_RE.sub(replace, text), unknown
+
+    def _resolve(self, key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._resolve(key, item) for item in value]
+        if isinstance(value, str) and key.endswith(("image_id", "image_ids")):
+            whole = _WHOLE_HANDLE_RE.fullmatch(value)
+            image_id = self._id(whole.group(1)) if whole else None
+            return image_id or value
+        return value
+
+    def resolve_reply(self, reply: Any) -> Any:
+        """The planner's reply with handles left in image-id arguments of its tool calls replaced by ids."""
+        calls = getattr(reply, "tool_calls", None)
+        if not calls:
+            return reply
+        resolved = [
+            {**call, "args": {key: self._resolve(key, value) for key, value in call["args"].items()}} for call in calls
+        ]
+        return reply if resolved == calls else reply.model_copy(update={"tool_calls": resolved})
+
+    def register(self, messages: list[Any]) -> list[Any]:
+        """Give handles to the images of ``messages`` (in order); returns ``messages``."""
+        for message in messages:
+            for image_id in _pictures_of(message):
+                self.add(image_id)
+        return messages
+
+
+class _HandlePlanner:
+    """Wraps a planner so that handles in its tool calls resolve to this conversation's images (``_Handles``);
+    ``create_chat_agent`` only needs ``bind_tools``."""
+
+    def __init__(self, planner: Any, handles: _Handles) -> None:
+        self.planner = planner
+        self.handles = handles
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        from langchain_core.runnables import RunnableLambda
+
+        bound = self.planner.bind_tools(tools, **kwargs)
+        return RunnableLambda(self.handles.register) | bound | RunnableLambda(self.handles.resolve_reply)
+
+
+def _interrupt_of(state: Any) -> Any:
+    """The review request a thread is waiting on, or None."""
+    return state.interrupts[0].value if state.interrupts else None
+
+
+def _print_review(request: dict[str, Any]) -> None:
+    print(f"review> {request['tool']} {json.dumps(request['args'])}: /approve or /reject REASON")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
-    """Chat with the agent; every turn runs with ``durability="sync"``, so a thread survives a crash."""
+    """Chat with the agent; every turn runs with ``durability="sync"``, so a thread survives a crash.
+
+    After each turn every new picture is written as PNG to ``--out`` (or ``outputs/chat``) and printed with
+    its handle (``picture: PATH (img_..., #N)``); ``#N`` in a later message names that picture. With
+    ``--script``, an input that fails stops the chat with a one-line error naming the script item; the
+    transcript of what ran is still written to ``--out``. Interactively the error is printed and the chat goes on.
+    """
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.types import Command
     from seedx_agent.graphs.chat_agent import create_chat_agent, seedx_agent_options, seedx_planner
@@ -159,69 +332,123 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from seedx_agent.graphs.scripted import ScriptedPlanner
     from seedx_agent.tools import make_seedx_tools
 
-    from seedx_agent.errors import ConfigError
+    from seedx_agent.errors import ConfigError, SeedXError
 
     engine = load_engine(args.model)
-    show = _progress_printer(args.quiet)
+    pictures_dir = Path(args.out if args.out else _DEFAULT_PICTURES)
     with open_memory(args.memory, engine) as memory:
+        show = _progress_printer(args.quiet, memory)
         options: dict[str, Any] = {}
         if args.planner_script:
             planner = ScriptedPlanner.from_json(args.planner_script)
         else:
             planner = seedx_planner(engine, memory, args.namespace)
             options = seedx_agent_options(engine)
+        handles = _Handles()
         tools = make_seedx_tools(engine, memory, namespace=args.namespace, default_steps=args.steps)
         saver_context = _checkpointer(args.checkpoints)
         with saver_context as checkpointer:
             graph = create_chat_agent(
-                planner, tools, checkpointer=checkpointer, approve_edits=args.approve_edits, **options
+                _HandlePlanner(planner, handles),
+                tools,
+                checkpointer=checkpointer,
+                approve_edits=args.approve_edits,
+                **options,
             )
             config = {"configurable": {"thread_id": args.thread or uuid.uuid4().hex}}
-            inputs = _script_inputs(args.script) if args.script else _interactive_inputs()
-            pending: Any = None  # the interrupt value of an edit waiting for review
+            state = graph.get_state(config)
+            reported = len(handles.register(list(state.values.get("messages", []))))  # a continued thread
+            pending: Any = _interrupt_of(state)  # the interrupt value of an edit waiting for review
+            if pending is not None:
+                _print_review(pending)
             attached: list[str] = []  # ids stored with /add, named in the next user message
 
+            def report_pictures() -> None:
+                """Save and print the pictures of the messages added since the last report."""
+                nonlocal reported
+                messages = graph.get_state(config).values.get("messages", [])
+                for message in messages[reported:]:
+                    for image_id in _pictures_of(message):
+                        handle = handles.add(image_id)
+                        if message.type == "human":
+                            continue  # an /add input, announced when it was stored
+                        path = pictures_dir / f"{image_id}.png"
+                        if not path.is_file():
+                            pictures_dir.mkdir(parents=True, exist_ok=True)
+                            memory.load(image_id).save(path)
+                        print(f"picture: {path} ({image_id}, {handle})")
+                reported = len(messages)
+
             def run(graph_input: Any) -> Any:
-                for mode, chunk in graph.stream(
-                    graph_input, config, stream_mode=["custom", "updates"], durability="sync"
-                ):
-                    if mode == "custom":
-                        show(chunk)
+                try:
+                    for mode, chunk in graph.stream(
+                        graph_input, config, stream_mode=["custom", "updates"], durability="sync"
+                    ):
+                        if mode == "custom":
+                            show(chunk)
+                finally:
+                    report_pictures()
                 state = graph.get_state(config)
-                if state.interrupts:
-                    request = state.interrupts[0].value
-                    print(f"review> {request['tool']} {json.dumps(request['args'])}: /approve or /reject REASON")
+                request = _interrupt_of(state)
+                if request is not None:
+                    _print_review(request)
                     return request
                 final = state.values["messages"][-1]
                 if isinstance(final, AIMessage):
-                    print(f"assistant> {final.content}")
+                    print(f"assistant> {_text_of(final.content)}")
                 return None
 
-            for line in inputs:
-                text = line.strip()
-                if text in {"/quit", "/exit"}:
-                    break
+            def step(text: str) -> Any:
+                """Act on one input line; returns the new pending review request."""
                 if text.startswith("/add "):
                     record = memory.add(text[5:].strip(), kind="input", namespace=args.namespace)
                     attached.append(record.id)
-                    print(f"stored {record.id} ({record.width}x{record.height}); it is attached to your next message")
-                elif text == "/approve" or text.startswith("/reject"):
+                    handle = handles.add(record.id)
+                    print(
+                        f"stored {record.id} as {handle} ({record.width}x{record.height}); "
+                        "it is attached to your next message"
+                    )
+                    return pending
+                if text == "/approve" or text.startswith("/reject"):
                     if pending is None:
                         raise ConfigError(f"{text!r}: no edit is waiting for review")
                     decision = {"approved": text == "/approve", "reason": text[len("/reject") :].strip()}
-                    pending = run(Command(resume=decision))
-                elif pending is not None:
+                    return run(Command(resume=decision))
+                if pending is not None:
                     raise ConfigError(f"an edit is waiting for review; answer /approve or /reject REASON, not {text!r}")
-                elif text:
-                    if attached:
-                        text += "\n(attached images: " + ", ".join(attached) + ")"
-                        attached.clear()
-                    pending = run({"messages": [HumanMessage(text)]})
-            if pending is not None:
-                raise ConfigError("the input ended while an edit was waiting for review; add /approve or /reject")
-            if args.out:
-                messages = graph.get_state(config).values.get("messages", [])
-                _write_transcript(Path(args.out), messages, memory, ToolMessage)
+                if not text:
+                    return pending
+                text, unknown = handles.expand_text(text)
+                if unknown:
+                    known = {0: "none yet", 1: "#1"}.get(len(handles.ids), f"#1 to #{len(handles.ids)}")
+                    print(
+                        f"note: {', '.join(unknown)} names no picture of this chat (handles: {known})", file=sys.stderr
+                    )
+                if attached:
+                    text += "\n(attached images: " + ", ".join(attached) + ")"
+                    attached.clear()
+                return run({"messages": [HumanMessage(text)]})
+
+            try:
+                inputs = _script_inputs(args.script) if args.script else _interactive_inputs()
+                for index, line in enumerate(inputs):
+                    text = line.strip()
+                    if text in {"/quit", "/exit"}:
+                        break
+                    try:
+                        pending = step(text)
+                    except SeedXError as error:
+                        if args.script:
+                            raise SeedXError(f"chat script item {index} ({line!r}): {_one_line(error)}") from error
+                        print(f"error: {_one_line(error)}", file=sys.stderr)
+                        pending = _interrupt_of(graph.get_state(config))
+                if pending is not None:
+                    raise ConfigError("the input ended while an edit was waiting for review; add /approve or /reject")
+            finally:
+                if args.out:
+                    messages = graph.get_state(config).values.get("messages", [])
+                    _write_transcript(Path(args.out), messages, memory, ToolMessage)
+                    print(f"transcript: {Path(args.out) / 'transcript.json'}")
     return 0
 
 
@@ -256,66 +483,18 @@ def _write_transcript(out: Path, messages: list[Any], memory: Any, tool_message_
         entry: dict[str, Any] = {"role": message.type, "content": message.content}
         if getattr(message, "tool_calls", None):
             entry["tool_calls"] = [{"name": c["name"], "args": c["args"], "id": c["id"]} for c in message.tool_calls]
+        found = [image_id for image_id in _pictures_of(message) if message.type == "ai"]
         if isinstance(message, tool_message_type):
             entry.update(name=message.name, status=message.status, artifact=message.artifact)
             artifact = message.artifact if isinstance(message.artifact, dict) else {}
-            for key in ("image_id", "annotated_image_id"):
-                if isinstance(artifact.get(key), str) and artifact[key] not in image_ids:
-                    image_ids.append(artifact[key])
+            found = [artifact[key] for key in ("image_id", "annotated_image_id") if isinstance(artifact.get(key), str)]
+        image_ids += [image_id for image_id in found if image_id not in image_ids]
         transcript.append(entry)
     (out / "transcript.json").write_text(json.dumps(transcript, indent=2, default=str) + "\n", encoding="utf-8")
     for image_id in image_ids:
-        memory.load(image_id).save(out / f"{image_id}.png")
-
-
-# ---------------------------------------------------------------------------------------------- refine
-
-
-def cmd_refine(args: argparse.Namespace) -> int:
-    """Run the refine loop once; write every version as PNG and report.json into ``--out``."""
-    from seedx_agent.graphs.refine import create_refine_graph
-    from seedx_agent.graphs.runtime import load_engine, open_memory
-    from tqdm.auto import tqdm
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    engine = load_engine(args.model)
-    with open_memory(args.memory, engine) as memory:
-        graph = create_refine_graph(
-            engine, memory, max_rounds=args.rounds, namespace=args.namespace, num_inference_steps=args.steps
-        )
-        final: dict[str, Any] = {}
-        with tqdm(total=2 + 2 * args.rounds, desc="refine", unit="step", disable=args.quiet) as bar:
-            for mode, chunk in graph.stream(
-                {"request": args.prompt, "seed": args.seed}, stream_mode=["custom", "values"]
-            ):
-                if mode == "values":
-                    final = chunk
-                elif chunk.get("event", "").endswith("_end"):
-                    bar.update(1)
-                    bar.set_postfix_str(chunk["event"].removesuffix("_end"))
-        versions = []
-        for index, version in enumerate(final["versions"]):
-            name = f"{index:02d}_{version['operation']}_{version['image_id']}.png"
-            memory.load(version["image_id"]).save(out / name)
-            versions.append({**version, "file": name})
-        lineage = [record.id for record in memory.lineage(final["image_id"])]
-        report = {
-            "request": args.prompt,
-            "model": args.model,
-            "model_config": engine.model.config.name,
-            "objects": final["objects"],
-            "verified": final["verified"],
-            "rounds": final["round"],
-            "final_image_id": final["image_id"],
-            "lineage": lineage,
-            "versions": versions,
-            "verdicts": final["verdicts"],
-        }
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    state = "verified" if report["verified"] else f"not verified after {report['rounds']} edit(s)"
-    print(f"{state}; {len(versions)} version(s) in {out}")
-    return 0
+        path = out / f"{image_id}.png"
+        if not path.is_file():
+            memory.load(image_id).save(path)
 
 
 # ---------------------------------------------------------------------------------------------- memory

@@ -1,4 +1,5 @@
-"""``chat``, ``refine`` and ``memory`` subcommands, run through a parser built with ``register`` (tiny-random)."""
+"""``chat``, ``refine`` and ``memory`` subcommands, run through a parser built with the ``register`` functions
+(tiny-random)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from seedx_agent.graphs.cli_chat import register
+from seedx_agent.graphs.cli_story import EXIT_NOT_VERIFIED
+from seedx_agent.graphs.cli_story import register as register_workflows
 
 from seedx_agent.errors import SeedXError
 
@@ -16,7 +19,9 @@ from seedx_agent.errors import SeedXError
 def main(argv: list[str]) -> int:
     """What the main CLI does with ``register``: parse, run, turn library errors into exit code 2."""
     parser = argparse.ArgumentParser(prog="test")
-    register(parser.add_subparsers(dest="command", required=True))
+    commands = parser.add_subparsers(dest="command", required=True)
+    register(commands)
+    register_workflows(commands)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -29,9 +34,18 @@ def main(argv: list[str]) -> int:
 def refined(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cli")
     memory, out = root / "memory", root / "refine"
-    argv = ["refine", "--model", "tiny-random", "--memory", str(memory), "--out", str(out)]
-    argv += ["--prompt", "a blue square in the center", "--rounds", "1", "--steps", "1", "--seed", "2", "--quiet"]
-    assert main(argv) == 0
+    argv = [
+        "refine",
+        "a blue square in the center",
+        "--model",
+        "tiny-random",
+        "--memory",
+        str(memory),
+        "--out",
+        str(out),
+    ]
+    argv += ["--rounds", "1", "--num-inference-steps", "1", "--seed", "2", "--quiet"]
+    assert main(argv) == EXIT_NOT_VERIFIED  # random weights never pass the checks: the exit code says so
     return memory, out
 
 
@@ -39,11 +53,16 @@ def test_refine_writes_every_version_and_a_report(refined: tuple[Path, Path]) ->
     _, out = refined
     report = json.loads((out / "report.json").read_text())
     assert report["request"] == "a blue square in the center" and report["model"] == "tiny-random"
-    assert report["objects"] == [{"colour": "blue", "kind": "square", "position": "center"}]
+    assert report["prompt"] == "a blue square in the center"  # tiny-random plans with the world plug-in
+    assert [c["query"] for c in report["checks"]] == [
+        "what shape is blue?",
+        "what colour is the square?",
+        "the blue square",
+    ]
     assert report["rounds"] == 1 and report["verified"] is False
     assert [v["operation"] for v in report["versions"]] == ["generate", "edit"]
     assert report["lineage"] == [v["image_id"] for v in report["versions"]]
-    assert report["versions"][1]["instruction"] == report["verdicts"][0]["instruction"]
+    assert report["versions"][1]["instruction"] == "add a blue square in the center"
     for version in report["versions"]:
         with Image.open(out / version["file"]) as image:
             assert image.size[0] > 0
@@ -115,3 +134,169 @@ def test_chat_script_must_answer_a_pending_review(tmp_path: Path, capsys: pytest
     argv += ["--planner-script", str(tmp_path / "plan.json"), "--script", str(tmp_path / "script.json")]
     assert main(argv) == 2
     assert "waiting for review" in capsys.readouterr().out
+
+
+def _chat(tmp_path: Path, plan: list[dict], script: list[str] | None, *extra: str) -> int:
+    """Run ``chat`` on tiny-random with a scripted planner (and a script of user inputs unless ``script`` is None)."""
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    argv = ["chat", "--model", "tiny-random", "--memory", str(tmp_path / "memory"), "--steps", "1"]
+    argv += ["--planner-script", str(tmp_path / "plan.json"), *extra]
+    if script is not None:
+        (tmp_path / "script.json").write_text(json.dumps(script))
+        argv += ["--script", str(tmp_path / "script.json")]
+    return main(argv)
+
+
+def _generate(prompt: str, seed: int) -> dict:
+    return {"tool_calls": [{"name": "generate_image", "args": {"prompt": prompt, "seed": seed}}]}
+
+
+def _pictures(stdout: str) -> list[tuple[str, str, str]]:
+    """(path, id, handle) of every 'picture: PATH (img_..., #N)' line."""
+    found = []
+    for line in stdout.splitlines():
+        if line.startswith("picture: "):
+            path, _, rest = line.removeprefix("picture: ").partition(" (")
+            image_id, _, handle = rest.removesuffix(")").partition(", ")
+            found.append((path, image_id, handle))
+    return found
+
+
+def test_chat_handle_in_a_later_message_names_the_earlier_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Turn 1 draws two pictures (#1, #2); turn 2 says "#1". The planner edits "$last_image_id", the newest id
+    # in the conversation: the handle must have become #1's id in the message, or it would be #2's.
+    plan = [
+        _generate("a red circle", 3),
+        _generate("a blue square", 4),
+        {"content": "Two pictures."},
+        {"tool_calls": [{"name": "edit_image", "args": {"image_id": "$last_image_id", "instruction": "make it blue"}}]},
+        {"content": "Edited."},
+    ]
+    out = tmp_path / "out"
+    script = ["draw a red circle and a blue square", "make #1 blue"]
+    assert _chat(tmp_path, plan, script, "--out", str(out), "--quiet") == 0
+
+    pictures = _pictures(capsys.readouterr().out)
+    (_, circle, first), (_, square, second), (_, edited, third) = pictures
+    assert (first, second, third) == ("#1", "#2", "#3")
+    transcript = json.loads((out / "transcript.json").read_text())
+    assert transcript[6]["content"] == f"make {circle} blue"
+    edit_call, edit_result = transcript[7]["tool_calls"][0], transcript[8]
+    assert edit_call["args"]["image_id"] == circle != square
+    assert edit_result["status"] == "success" and edit_result["artifact"]["parent_id"] == circle
+    assert edit_result["artifact"]["image_id"] == edited
+
+
+def test_chat_handles_in_tool_calls_resolve_in_later_turns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The planner itself writes handles (as ChatSeedX's small model does) for pictures of earlier turns.
+    plan = [
+        _generate("a red circle", 3),
+        {"content": "A circle."},
+        _generate("a green square", 4),
+        {"content": "A square."},
+        {"tool_calls": [{"name": "edit_image", "args": {"image_id": "#1", "instruction": "make it blue"}}]},
+        {"tool_calls": [{"name": "comprehend", "args": {"image_ids": ["#2", "#3"], "question": "same?"}}]},
+        {"content": "Done."},
+    ]
+    out = tmp_path / "out"
+    script = ["draw a red circle", "draw a green square", "make the circle blue, then compare"]
+    assert _chat(tmp_path, plan, script, "--out", str(out), "--quiet") == 0
+
+    (_, circle, _), (_, square, _), (_, edited, handle) = _pictures(capsys.readouterr().out)
+    assert handle == "#3"
+    transcript = json.loads((out / "transcript.json").read_text())
+    edit, compare = [entry for entry in transcript if entry["role"] == "tool"][2:]
+    assert edit["status"] == "success" and edit["artifact"]["parent_id"] == circle
+    assert compare["status"] == "success" and compare["artifact"]["image_ids"] == [square, edited]
+    calls = [entry["tool_calls"][0] for entry in transcript if entry.get("tool_calls")]
+    assert calls[2]["args"]["image_id"] == circle and calls[3]["args"]["image_ids"] == [square, edited]
+
+
+def test_chat_handles_survive_a_continued_thread(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the first run has no --out: its picture goes to outputs/chat here
+    threads = ["--checkpoints", str(tmp_path / "threads.sqlite"), "--thread", "t1", "--quiet"]
+    assert _chat(tmp_path, [_generate("a red circle", 3), {"content": "A circle."}], ["draw"], *threads) == 0
+    ((_, circle, handle),) = _pictures(capsys.readouterr().out)
+    assert handle == "#1"
+    plan = [
+        {"tool_calls": [{"name": "edit_image", "args": {"image_id": "#1", "instruction": "make it blue"}}]},
+        {"content": "Edited."},
+    ]
+    out = tmp_path / "out"
+    assert _chat(tmp_path, plan, ["make #1 blue"], *threads, "--out", str(out)) == 0
+    ((_, edited, handle),) = _pictures(capsys.readouterr().out)
+    assert handle == "#2"
+    transcript = json.loads((out / "transcript.json").read_text())
+    assert transcript[4]["content"] == f"make {circle} blue"
+    assert transcript[-2]["artifact"]["parent_id"] == circle and transcript[-2]["artifact"]["image_id"] == edited
+
+
+def test_interactive_chat_saves_and_names_new_pictures_and_prints_short_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = [
+        _generate("a red circle", 12),
+        {"content": "Here it is."},
+        {"tool_calls": [{"name": "edit_image", "args": {"image_id": "#1", "instruction": "blue", "seed": 5}}]},
+        {"content": "Edited."},
+    ]
+    lines = iter(["draw a red circle", "make #1 blue", "/approve"])
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    monkeypatch.chdir(tmp_path)
+    assert _chat(tmp_path, plan, None) == 0  # no --out, no --quiet; '/approve' with nothing pending is only reported
+
+    captured = capsys.readouterr()
+    (path_1, circle, handle_1), (path_2, edited, handle_2) = _pictures(captured.out)
+    assert (path_1, handle_1) == (f"outputs/chat/{circle}.png", "#1")
+    assert (path_2, handle_2) == (f"outputs/chat/{edited}.png", "#2")
+    for path in (path_1, path_2):
+        with Image.open(tmp_path / path) as image:
+            assert image.format == "PNG"
+    assert "assistant> Here it is." in captured.out and "assistant> Edited." in captured.out
+
+    progress = captured.err.splitlines()
+    assert f"  [generate_image] done: {circle} (seed 12, " in "\n".join(progress)
+    assert f"  [edit_image] done: {edited} from {circle} (seed 5, " in "\n".join(progress)
+    assert "  [planner] calls generate_image (" in "\n".join(progress)
+    assert "  [edit_image] running" in progress and "  [planner] thinking" in progress
+    assert "error: '/approve': no edit is waiting for review" in progress
+    assert not [line for line in progress if "tool_call_id" in line or "{" in line]
+
+
+def test_chat_quiet_prints_no_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the picture goes to outputs/chat here
+    assert _chat(tmp_path, [_generate("a red circle", 1), {"content": "ok"}], ["draw"], "--quiet") == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if line.startswith("  [")]
+
+
+def test_chat_script_failing_later_still_writes_the_finished_turns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    script = ["draw a red circle", f"/add {tmp_path / 'truncated.png'}", "make it blue"]
+    assert _chat(tmp_path, [_generate("a red circle", 1), {"content": "ok"}], script, "--out", str(out), "--quiet") == 2
+
+    stdout = capsys.readouterr().out
+    ((_, circle, _),) = _pictures(stdout)
+    errors = [line for line in stdout.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: chat script item 1 ('/add ")
+    assert "cannot be decoded" in errors[0]
+    transcript = json.loads((out / "transcript.json").read_text())
+    assert [entry["role"] for entry in transcript] == ["human", "ai", "tool", "ai"]
+    assert (out / f"{circle}.png").is_file()
