@@ -8,7 +8,8 @@ with SEED-X through the shared ``SeedXToolbox`` (so every picture is stored with
 - otherwise the picture is *generated*, reading the latest pictures of the beat's characters (recalled from
   memory) as image context, so they keep their look;
 - the picture is checked by comprehension (the beat's checks, or "is <character> in the picture?" for each
-  character) and drawn once more with a new seed when a check fails.
+  character); when a check fails it is drawn once more, generated anew (with the same image context and a
+  new seed), since an edit that lost a character rarely finds it again by editing.
 
 Memory discipline, so 25+ beats run in constant memory: the state holds ids and short texts only, a window of
 the last beats, at most ``PLAN_CHUNK`` planned beats and the newest picture ids per character. Pictures live
@@ -202,7 +203,7 @@ def create_story_graph(
         mode = "edit" if beat.same_scene and source_id else "generate"
         images_of = state.get("character_images") or {}
         context_ids: list[str] = []
-        if mode == "generate" and recall_k:
+        if recall_k:
             for name in beat.characters:
                 for image_id in reversed(images_of.get(name, [])):
                     if image_id not in context_ids and len(context_ids) < recall_k:
@@ -210,11 +211,13 @@ def create_story_graph(
         checks = default_checks(beat, state.get("characters") or [])
         attempts: list[dict[str, Any]] = []
         record: ImageRecord | None = None
-        for attempt in range(2):  # one redraw when a check fails
+        for attempt in range(2):  # one redraw when a check fails: drawn anew, since an edit may have lost them
             seed = state["base_seed"] + step + attempt * RETRY_SEED_OFFSET
-            record = _picture(toolbox, beat, mode, seed, source_id, context_ids, namespace, step)
+            how = mode if attempt == 0 else "generate"
+            used = context_ids if how == "generate" else []
+            record = _picture(toolbox, beat, how, seed, source_id, used, namespace, step)
             results = run_checks(engine, memory.load(record.id, namespace=namespace), checks) if checks else []
-            attempts.append({"image_id": record.id, "seed": seed, "checks": results})
+            attempts.append({"image_id": record.id, "seed": seed, "mode": how, "context_ids": used, "checks": results})
             if all(r["passed"] for r in results):
                 break
         assert record is not None
@@ -224,11 +227,11 @@ def create_story_graph(
             "text": beat.text,
             "picture_prompt": beat.picture_prompt,
             "characters": beat.characters,
-            "mode": mode,
-            "instruction": beat.edit_instruction if mode == "edit" else None,
+            "mode": final["mode"],
+            "instruction": beat.edit_instruction if final["mode"] == "edit" else None,
             "image_id": record.id,
             "parent_id": record.parent_id,
-            "context_ids": context_ids,
+            "context_ids": final["context_ids"],
             "seed": final["seed"],
             "consistent": all(r["passed"] for r in final["checks"]) if checks else None,
             "attempts": attempts,

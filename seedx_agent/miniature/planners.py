@@ -192,7 +192,7 @@ def _story_beats(request: dict[str, Any]) -> StoryChunk:
             )
         )
     hero = initial_scene(premise, seed).shapes[0]
-    characters = [] if first else [Character(name=HERO, description=f"a {hero.phrase()}")]
+    characters = [] if first else [Character(name=HERO, description=hero.phrase())]
     return StoryChunk(characters=characters, beats=beats)
 
 

@@ -225,3 +225,11 @@ def test_regions_of_boxes() -> None:
     assert not in_region(box, 90, 90, "top left") and not in_region(box, 90, 90, "right")
     with pytest.raises(ConfigError, match="region"):
         run_checks(None, None, [Check(kind="ground", query="x", expect="behind the tree")])  # type: ignore[arg-type]
+
+
+def test_answers_match_whole_words_with_plurals() -> None:
+    from seedx_agent.graphs.checks import _answer_matches
+
+    assert _answer_matches("Yes, there is.", "yes") and _answer_matches("There are two boats.", "two boat")
+    assert not _answer_matches("e ye h", "yes")  # a fragment is not the word
+    assert not _answer_matches("no", "yes") and not _answer_matches("one boat", "two")
