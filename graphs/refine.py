@@ -10,7 +10,9 @@ as the instruction instead).
 
 Every version is stored in the image memory with lineage (``parent_id`` + ``operation``) through the shared
 ``SeedXToolbox``; the state holds only ids, checks and verdicts. ``verified`` in the final state says whether
-the last version passed every check: a caller (and the CLI's exit code) must look at it.
+the last version passed every check: a caller (and the CLI's exit code) must look at it. ``best_image_id`` is
+the version that passed the most checks (the earliest on a tie), so a correction that made things worse in
+the verifier's eyes is never the answer; the last version is ``image_id``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class RefineState(TypedDict, total=False):
     versions: Annotated[list[dict[str, Any]], operator.add]
     verdicts: Annotated[list[Verdict], operator.add]
     verified: bool
+    best_image_id: str  # the version that passed the most checks (the earliest on a tie): the answer to use
     stopped: str | None  # why the loop ended without verification ("rounds", "declined")
 
 
@@ -140,7 +143,11 @@ def create_refine_graph(
         verified = all(r["passed"] for r in results)
         verdict: Verdict = {"image_id": image_id, "round": round_index, "verified": verified, "checks": results}
         write({"event": "verify_end", "image_id": image_id, "round": round_index, "verified": verified})
-        return {"verdicts": [verdict], "verified": verified}
+        passed = sum(r["passed"] for r in results)
+        earlier = [v for v in state.get("verdicts") or [] if v["image_id"] == state.get("best_image_id")]
+        best_so_far = sum(c["passed"] for c in earlier[0]["checks"]) if earlier else -1
+        best = image_id if passed > best_so_far else state["best_image_id"]
+        return {"verdicts": [verdict], "verified": verified, "best_image_id": best}
 
     def fix(state: RefineState) -> dict[str, Any]:
         """Ask the planner for one correction of the first failed check (all failures are shown)."""

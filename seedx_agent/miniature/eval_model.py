@@ -29,9 +29,12 @@ from seedx_agent.model import ChatMessage
 from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from seedx_agent.training.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog
 
-__all__ = ["EVAL_TASKS", "evaluate_model", "heldout_dialogs"]
+__all__ = ["ALL_TASKS", "EVAL_TASKS", "WORKFLOW_TASKS", "evaluate_model", "heldout_dialogs"]
 
 EVAL_TASKS: tuple[str, ...] = ("caption", "vqa", "grounding", "text_to_image", "edit", "reconstruction", "agent")
+# The workflows (refine, story, slides: seedx_agent.miniature.eval_workflows) run only when asked for: slower.
+WORKFLOW_TASKS: tuple[str, ...] = ("refine", "story", "slides")
+ALL_TASKS: tuple[str, ...] = EVAL_TASKS + WORKFLOW_TASKS
 INPUT_SIZE = 64  # world renders given to the model (the miniature ViT's crop size)
 
 
@@ -53,9 +56,9 @@ def evaluate_model(
     ``copy_arguments``: the agent task's planner turns decode with ``CopyArguments``, as ``ChatSeedX`` does by
     default for compact-protocol models; False scores the unconstrained model.
     """
-    unknown = [t for t in tasks if t not in EVAL_TASKS]
+    unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
-        raise ConfigError(f"unknown evaluation task(s) {unknown}; choose from {list(EVAL_TASKS)}")
+        raise ConfigError(f"unknown evaluation task(s) {unknown}; choose from {list(ALL_TASKS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"n must be a positive integer, got {n!r}")
     report = Report()
@@ -67,6 +70,21 @@ def evaluate_model(
         bar = tqdm(total=n * len(tasks), desc="eval", unit="sample", dynamic_ncols=True)
     for task in tasks:
         started = time.perf_counter()
+        if task in WORKFLOW_TASKS:
+            from seedx_agent.miniature.eval_workflows import run_workflow_task
+
+            run_workflow_task(
+                model,
+                task,
+                n=n,
+                seed=seed,
+                report=report,
+                num_inference_steps=num_inference_steps,
+                on_sample=on_sample,
+                advance=bar.update if bar is not None else None,
+            )
+            report.add(task, "seconds_per_sample", (time.perf_counter() - started) / n)
+            continue
         source_task = "caption" if task == "reconstruction" else task
         if task == "agent":
             samples = heldout_dialogs(n, seed)

@@ -116,6 +116,7 @@ def test_free_form_request_is_planned_verified_corrected_and_stored(engine: Seed
     assert seeing.prompts == [PLAN["prompt"]]  # the planner's prompt reached the model
     assert seeing.edits == ["add a second boat on the left"]  # and its correction
     assert final["verified"] is True and final["round"] == 1
+    assert final["best_image_id"] == final["image_id"] == final["versions"][1]["image_id"]
     first, second = final["verdicts"]
     assert [c["passed"] for c in first["checks"]] == [True, False, False]
     assert [c["observed"] for c in first["checks"]] == ["Yes, there is.", "one boat", "right"]
@@ -147,6 +148,7 @@ def test_round_limit_ends_unverified_and_says_so(engine: SeedXEngine, memory: Im
     assert final["verified"] is False and final["round"] == 1
     assert [v["operation"] for v in final["versions"]] == ["generate", "regenerate"]
     assert seeing.prompts == [PLAN["prompt"], "two boats"] and final["versions"][1]["parent_id"] is None
+    assert final["best_image_id"] == final["versions"][0]["image_id"]  # no better than the first: keep the first
 
 
 def test_human_approval_interrupts_before_each_correction(engine: SeedXEngine, memory: ImageMemory) -> None:
