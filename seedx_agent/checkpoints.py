@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from seedx_agent.components import SeedXComponents, build_components, stage_for_variant
-from seedx_agent.config import VARIANTS, DetokenizerConfig, LLMConfig, SeedXConfig
+from seedx_agent.config import VARIANTS, DetokenizerConfig, LLMConfig, SeedXConfig, resolve_config
 from seedx_agent.errors import (
     CheckpointError,
     ConfigError,
@@ -546,7 +546,8 @@ def _check_llm_config(path: Path, llm: LLMConfig) -> None:
         )
         raise ConfigError(
             f"LLM config {str(path)!r} does not match the SeedXConfig: {details}. Use the preset that belongs to "
-            "this checkpoint (seed-x / seed-x-i / seed-x-edit for the official release)."
+            "this checkpoint (seed-x / seed-x-i / seed-x-edit for the official release), or pass config= a "
+            "SeedXConfig describing a non-standard geometry."
         )
     if hf.get("rope_scaling") not in (None, {}):
         raise ConfigError(f"LLM config {str(path)!r} sets rope_scaling={hf['rope_scaling']!r}; SEED-X uses plain RoPE")
@@ -921,19 +922,19 @@ def convert_official(
     allow_pickle: bool = False,
     vit_path: str | Path | None = None,
     sdxl_path: str | Path | None = None,
-    config: SeedXConfig | None = None,
+    config: SeedXConfig | str | None = None,
     dtype: torch.dtype | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Official release -> our safetensors layout (``seedx-agent convert``); returns the new folder.
 
-    ``config`` defaults to the official preset of the first variant (all three share one geometry).
+    ``config`` (a ``SeedXConfig`` for a non-standard geometry, or a preset name) defaults to the official
+    preset of the first variant (all three share one geometry); it is written as the folder's config.json.
     """
     chosen = tuple(variants) if variants is not None else ("seed-x-i",)
-    if config is None:
-        if not chosen or chosen[0] not in VARIANTS:
-            raise ConfigError(f"unknown variant {chosen[0] if chosen else None!r}; choose from {list(VARIANTS)}")
-        config = SeedXConfig.from_preset(chosen[0])
+    if config is None and (not chosen or chosen[0] not in VARIANTS):
+        raise ConfigError(f"unknown variant {chosen[0] if chosen else None!r}; choose from {list(VARIANTS)}")
+    config = resolve_config(config, default=chosen[0] if chosen else "seed-x-i")
     layout = OfficialLayout.discover(root, vit_path=vit_path, sdxl_path=sdxl_path)
     parts = load_official(layout, config, variants=chosen, stages=stages, allow_pickle=allow_pickle, dtype=dtype)
     return save_components(parts, out, overwrite=overwrite)

@@ -7,8 +7,16 @@ one tokenizer and ViT shared by every LLM variant, one LVLM per variant, and the
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import threading
+import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,7 +27,80 @@ from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.vision import QwenViT
 
-__all__ = ["SeedXComponents", "build_components", "stage_for_variant"]
+__all__ = ["SeedXComponents", "build_components", "import_diffusers_without_bitsandbytes", "stage_for_variant"]
+
+
+class _DeferredModule(types.ModuleType):
+    """Stands in for an optional module; the real one is imported when an attribute is first read."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        """Import the real module (once the stand-in is out of ``sys.modules``) and read ``attribute`` from it."""
+        if attribute.startswith("__"):  # import-system probes (__path__, ...): a plain, attribute-less module
+            raise AttributeError(attribute)
+        _DEFERRING.discard(self.__name__)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+class _DeferringFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """While installed, ``import bitsandbytes`` yields a ``_DeferredModule`` instead of running bitsandbytes."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        """A spec loaded by this finder for a deferred name; None (ask the next finder) otherwise."""
+        return importlib.util.spec_from_loader(fullname, self) if fullname in _DEFERRING else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        """The stand-in module."""
+        return _DeferredModule(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing runs: that is the point."""
+
+
+_DEFERRING: set[str] = set()
+# what seedx_agent.detokenizer imports from diffusers
+_DIFFUSERS_CLASSES = (
+    "AutoencoderKL",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "UNet2DConditionModel",
+)
+_diffusers_ready = False
+_diffusers_lock = threading.Lock()
+
+
+def import_diffusers_without_bitsandbytes() -> None:
+    """Import the diffusers classes the de-tokenizer uses without running ``import bitsandbytes``.
+
+    diffusers (and peft, which diffusers imports) import bitsandbytes whenever it is installed, and
+    bitsandbytes then probes the hub for kernels and logs warnings, even offline. The library needs it
+    only for ``quantize_llm``. So during this one import every ``import bitsandbytes`` binds a stand-in
+    that imports the real package on first attribute use: those libraries' own bitsandbytes paths keep
+    working, and ``bitsandbytes`` is not in ``sys.modules`` afterwards.
+    """
+    global _diffusers_ready
+    with _diffusers_lock:
+        if _diffusers_ready:
+            return
+        defer = "bitsandbytes" not in sys.modules and importlib.util.find_spec("bitsandbytes") is not None
+        finder = _DeferringFinder()
+        if defer:
+            _DEFERRING.add("bitsandbytes")
+            sys.meta_path.insert(0, finder)
+        try:
+            import diffusers
+
+            for name in _DIFFUSERS_CLASSES:
+                getattr(diffusers, name)
+        finally:
+            if defer:
+                sys.meta_path.remove(finder)
+                _DEFERRING.discard("bitsandbytes")
+                if isinstance(sys.modules.get("bitsandbytes"), _DeferredModule):
+                    del sys.modules["bitsandbytes"]  # the stand-ins stay bound where they were imported
+        _diffusers_ready = True
 
 
 def stage_for_variant(variant: str) -> int:
@@ -82,6 +163,8 @@ def build_components(
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the LLM vocabulary is {config.llm.vocab_size}"
         )
+    if stages:
+        import_diffusers_without_bitsandbytes()  # the de-tokenizers' diffusers models come next
     with _seeded(seed), torch.device(device):
         vision = QwenViT(config.vision)
         lvlms = {v: SeedXLVLM(config.llm, config.lvlm) for v in variants}

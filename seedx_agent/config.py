@@ -29,6 +29,7 @@ __all__ = [
     "QwenResamplerConfig",
     "SeedXConfig",
     "VisionConfig",
+    "resolve_config",
 ]
 
 Variant = Literal["seed-x", "seed-x-i", "seed-x-edit"]
@@ -350,6 +351,11 @@ class SeedXConfig(_Config):
         data["lvlm"]["rec_loss_scale"] = scale
         return SeedXConfig.model_validate(data)
 
+    def differences(self, other: SeedXConfig, *, ignore: tuple[str, ...] = ("name", "variant")) -> list[str]:
+        """Dotted paths of the fields where ``other`` differs; by default ``name`` and ``variant`` (labels that the
+        three variants' shared geometry does not depend on) are ignored."""
+        return _differences(self.model_dump(mode="json"), other.model_dump(mode="json"), "", ignore)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
 
@@ -365,6 +371,44 @@ class SeedXConfig(_Config):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(f"config file {str(path)!r} is not a valid SeedXConfig: {exc}") from exc
+
+
+def _differences(a: Any, b: Any, prefix: str, ignore: tuple[str, ...]) -> list[str]:
+    """Leaf paths where two ``model_dump`` trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            path = f"{prefix}{key}"
+            if path not in ignore:
+                found += _differences(a.get(key), b.get(key), path + ".", ignore)
+        return found
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def resolve_config(
+    config: SeedXConfig | str | None = None, *, preset: str | None = None, default: str = "seed-x-i"
+) -> SeedXConfig:
+    """The geometry a loader uses: ``config`` (a SeedXConfig or a preset name), else ``preset``, else ``default``.
+
+    Giving both ``config`` and ``preset`` is allowed only when they agree (``name``/``variant`` aside); else a
+    ``ConfigError`` names the fields that differ, so a custom geometry is never silently replaced by a preset.
+    """
+    if config is None:
+        return SeedXConfig.from_preset(preset if preset is not None else default)
+    if isinstance(config, str):
+        resolved = SeedXConfig.from_preset(config)
+    elif isinstance(config, SeedXConfig):
+        resolved = config
+    else:
+        raise ConfigError(f"config must be a SeedXConfig or a preset name, got {type(config).__name__}")
+    if preset is not None:
+        fields = SeedXConfig.from_preset(preset).differences(resolved)
+        if fields:
+            shown = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
+            raise ConfigError(
+                f"preset={preset!r} and config= disagree on {shown}; pass only config= for a non-standard geometry"
+            )
+    return resolved
 
 
 def _official(variant: str) -> SeedXConfig:

@@ -4,6 +4,14 @@ Once ``<img>`` is produced, the next ``num_image_tokens`` placeholders and ``</i
 the official forcing rule, so we feed all placeholders in ONE forward pass and keep their
 final-layer (post-norm) hidden states as the image features. The official loop needs one decoding
 step per placeholder and keeps every layer's hidden states; the result is the same (pinned by a test).
+
+In the official comparison mode (``placeholder_mask="official_zero"``) stray placeholders can win (their
+logits are 0.0, not -inf), and the official processor then forces the rest of the run from that
+placeholder on (``<img_k>`` -> ``<img_k+1>`` ... ``</img>``); we do the same (:func:`forced_tokens`). A run
+that starts at ``<img_00000>`` has the same 64 input placeholders as a block opened by ``<img>``, so its
+hidden states are kept as image features exactly as the official ``generate`` does. A run that starts at a
+later placeholder yields no features: the official code would take the 64 states before ``</img>``,
+mixing in the states of the text tokens that preceded the run (documented deviation).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ __all__ = [
     "LogitsProcessor",
     "apply_placeholder_mask",
     "decode",
+    "forced_tokens",
     "sample_next_token",
 ]
 
@@ -46,7 +55,8 @@ class GenerationOptions(BaseModel):
     top_k: int = Field(0, ge=0)
     seed: int | None = None
     # "neg_inf": placeholders/</img> can never be emitted outside an image block (our default);
-    # "official_zero": their logits are set to 0.0 as in the official processor (§6.1).
+    # "official_zero": their logits are set to 0.0 as in the official processor (§6.1), and a placeholder that
+    # wins anyway forces the rest of its run up to </img>, as the official processor does.
     placeholder_mask: Literal["neg_inf", "official_zero"] = "neg_inf"
     # Replace an early end (EOS or running out of budget) by ``<img>`` when no image was produced yet.
     require_image: bool = False
@@ -77,6 +87,16 @@ def apply_placeholder_mask(logits: torch.Tensor, ids: TokenIds, mode: str) -> to
         logits[..., list(ids.image_all)] = float("-inf")
         logits[..., ids.eoi] = float("-inf")
     return logits
+
+
+def forced_tokens(last: int, ids: TokenIds, placeholder_mask: str) -> tuple[int, ...]:
+    """The tokens the official rule forces after ``last``: the rest of an image block, or none (§6.1)."""
+    if last == ids.boi:
+        return (*ids.image, ids.eoi)
+    if placeholder_mask == "official_zero" and last in ids.image:
+        # The official processor forces the successor of any of <img>, <img_00000>..<img_{N-1}>.
+        return (*ids.image[ids.image.index(last) + 1 :], ids.eoi)
+    return ()
 
 
 def sample_next_token(logits: torch.Tensor, options: GenerationOptions, generator: torch.Generator | None) -> int:
@@ -111,7 +131,8 @@ def decode(
     """Decode after a prompt given as embeddings (1, seq, hidden); batch size 1 like the official code.
 
     ``cache`` may hold the KV entries of a prefix of the prompt; then ``inputs_embeds`` holds only the
-    rest. ``last_prompt_token`` is the id of the prompt's final token (``<img>`` starts an image block).
+    rest. ``last_prompt_token`` is the id of the prompt's final token (``<img>`` starts an image block;
+    see :func:`forced_tokens`).
     Tokens are fed lazily: a forced image block goes into the same forward pass as whatever precedes it
     (the prompt, or the sampled ``<img>``) together with its ``</img>``, and no forward is spent on the
     final token once the budget is used up. ``logits_processor`` (if any) adjusts each text token's logits
@@ -154,23 +175,27 @@ def decode(
             on_token(token)
 
     while len(generated) < options.max_new_tokens:
-        if last == ids.boi:
+        forced = forced_tokens(last, ids, options.placeholder_mask)
+        if forced:
+            # Inputs that are placeholders: the forced ones, plus ``last`` when a placeholder opened the run
+            # (it is the final position of ``pending``).
+            lead = 0 if last == ids.boi else 1
             if options.image_block_mode == "one_forward":
-                block = embed_ids([*ids.image, ids.eoi])  # (1, N+1, hidden)
+                block = embed_ids(list(forced))  # (1, len(forced), hidden)
                 feed = block if pending is None else torch.cat([pending, block], dim=1)
                 hidden = run(feed)  # (1, n, hidden)
-                images.append(hidden[0, -(n_block + 1) : -1])  # (num_image_tokens, hidden)
+                states = hidden[0, -(len(forced) + lead) : -1]  # (placeholders, hidden)
                 hidden_last = hidden[:, -1]
             else:  # one decoding step per placeholder, as the official loop
-                if pending is not None:
-                    run(pending)
-                states = [run(embed_ids([token]))[0, 0] for token in ids.image]
-                images.append(torch.stack(states))
+                first = run(pending)[0, -1] if pending is not None else None
+                steps = [run(embed_ids([token]))[0, 0] for token in forced[:-1]]
+                states = torch.stack(([first] if lead and first is not None else []) + steps)
                 hidden_last = run(embed_ids([ids.eoi]))[:, -1]
+            if states.shape[0] == n_block:  # a whole run <img_00000>..<img_{N-1}>: an image's features
+                images.append(states)
             pending = None
-            for token in ids.image:
+            for token in forced:
                 emit(token)
-            emit(ids.eoi)
             last = ids.eoi
             continue
         if pending is not None:

@@ -19,9 +19,9 @@ import PIL.Image
 import torch
 
 from seedx_agent import prompts
-from seedx_agent.anyres import AnyResCrops, preprocess, preprocess_batch
+from seedx_agent.anyres import AnyResCrops, preprocess, preprocess_batch, vit_transform
 from seedx_agent.components import SeedXComponents, build_components, stage_for_variant
-from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig
+from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig, resolve_config
 from seedx_agent.cpu_linear import (
     ONEDNN_MIN_WEIGHT_ELEMENTS,
     LinearKernel,
@@ -145,7 +145,7 @@ class SeedX:
     @classmethod
     def from_preset(
         cls,
-        name: str = "tiny-random",
+        name: str | SeedXConfig = "tiny-random",
         *,
         variants: Sequence[str] | None = None,
         seed: int = 0,
@@ -155,12 +155,13 @@ class SeedX:
         tokenizer: SeedXTokenizer | None = None,
         linear_kernel: LinearKernel = "auto",
     ) -> SeedX:
-        """Random (seeded) weights for a preset, e.g. for tests or GPU sizing. Full-size presets are big
-        and need ``tokenizer`` (the LLaMA-2 one is not bundled). ``linear_kernel``: see ``set_linear_kernel``."""
+        """Random (seeded) weights for a preset name or a ``SeedXConfig`` (a custom geometry), e.g. for tests or
+        GPU sizing. Full-size presets are big and need ``tokenizer`` (the LLaMA-2 one is not bundled).
+        ``linear_kernel``: see ``set_linear_kernel``."""
         from seedx_agent.checkpoints import place
 
         resolve_linear_kernel(linear_kernel)  # a bad name fails before any weights are built
-        config = SeedXConfig.from_preset(name)
+        config = resolve_config(name)
         tokenizer = tokenizer or _tokenizer_for(config)
         variants = tuple(variants) if variants else (config.variant,)
         dmap = _device_map(device, device_map)
@@ -184,7 +185,8 @@ class SeedX:
         allow_pickle: bool = False,
         vit_path: str | Path | None = None,
         sdxl_path: str | Path | None = None,
-        preset: str = "seed-x-i",
+        config: SeedXConfig | str | None = None,
+        preset: str | None = None,
         quantize_llm: Literal[4, 8] | None = None,
         linear_kernel: LinearKernel = "auto",
     ) -> SeedX:
@@ -194,6 +196,13 @@ class SeedX:
         ``variant`` is the one-LLM shorthand (``variant="seed-x-edit"``); ``allow_pickle`` is needed for the
         official ``.bin``/``.pt`` files (loaded with ``torch.load(weights_only=True)``). ``linear_kernel``: see
         ``set_linear_kernel``. Nothing is ever downloaded.
+
+        ``config`` (a ``SeedXConfig`` or a preset name; ``preset`` is the older name-only spelling) gives the
+        geometry. The official release has no config of ours, so there it selects the geometry (default: the
+        ``seed-x-i`` preset), which lets non-standard geometries load; the release's own config files are still
+        checked against it. Our layout stores its ``config.json``, which stays authoritative: a ``config`` given
+        with it must agree with it (``name``/``variant`` aside). Giving ``preset`` and a ``config`` that disagree, or a
+        ``config`` that disagrees with the stored one, raises ``ConfigError`` naming the fields.
         """
         from seedx_agent import checkpoints
 
@@ -214,12 +223,22 @@ class SeedX:
             )
         dmap = _device_map(device, device_map)
         if (root / "manifest.json").is_file():
+            if config is not None or preset is not None:
+                stored = SeedXConfig.load(root / "config.json")
+                fields = stored.differences(resolve_config(config, preset=preset))
+                if fields:
+                    raise ConfigError(
+                        f"the config given does not match {str(root / 'config.json')!r} (the geometry of these "
+                        f"weights) on {', '.join(fields[:6])}; drop config=/preset= or pass the stored config"
+                    )
             parts = checkpoints.load_components(root, variants=variants, stages=stages)
         else:
             layout = checkpoints.OfficialLayout.discover(root, vit_path=vit_path, sdxl_path=sdxl_path)
-            config = SeedXConfig.from_preset(preset)
-            chosen = tuple(variants) if variants else (config.variant,)
-            parts = checkpoints.load_official(layout, config, variants=chosen, stages=stages, allow_pickle=allow_pickle)
+            geometry = resolve_config(config, preset=preset)
+            chosen = tuple(variants) if variants else (geometry.variant,)
+            parts = checkpoints.load_official(
+                layout, geometry, variants=chosen, stages=stages, allow_pickle=allow_pickle
+            )
         checkpoints.place(parts, device_map=dmap, dtype=dtype or _default_dtype(dmap))
         if quantize_llm is not None:
             for lvlm in parts.lvlms.values():
@@ -711,10 +730,13 @@ class SeedX:
         num_inference_steps: int | None = None,
         scheduler: str = "euler",
     ) -> PIL.Image.Image:
-        """De-tokenizer alone: image -> ViT (raw tokens) -> stage-1 de-tokenizer (§8.1 D)."""
-        pil = load_image(image)
-        crop = preprocess(pil, self.config.vision, ("1x1",))
-        features = self.encode_crops(crop.pixel_values[-1:])  # thumbnail (1, vit_tokens, vit_dim)
+        """De-tokenizer alone: image -> ViT (raw tokens) -> stage-1 de-tokenizer (§8.1 D).
+
+        The ViT sees the official reconstruction transform (``Resize((448, 448))`` bilinear, then the CLIP
+        normalisation: ``anyres.vit_transform``), not the any-res thumbnail (PIL bicubic).
+        """
+        pixels = vit_transform(load_image(image), self.config.vision)[None]  # (1, 3, S, S)
+        features = self.encode_crops(pixels)  # (1, vit_tokens, vit_dim)
         return self._render(
             1,
             features,

@@ -553,3 +553,29 @@ def test_example_script_runs(tmp_path: Path) -> None:
     assert components["lvlm:seed-x-i"]["parameters"] > 0 and components["detokenizer:2"]["keys"] > 0
     assert (tmp_path / "pretrained" / TOKENIZER_FOLDER / "added_tokens.json").is_file()
     assert (tmp_path / "converted" / "manifest.json").is_file()
+
+
+def test_official_layout_with_a_custom_geometry_loads_with_config(tmp_path: Path) -> None:
+    """A non-standard geometry (no preset describes it) loads from the official layout via ``config=``."""
+    from seedx_agent.model import SeedX
+
+    data = TINY.model_dump()
+    data["llm"]["num_layers"] = 3
+    custom = SeedXConfig.model_validate({**data, "name": "tiny-custom"})
+    parts = build_components(custom, tokenizer=SeedXTokenizer.tiny(), variants=("seed-x-i",), stages=(1,), seed=1)
+    layout = write_official_layout(parts, tmp_path / "official")
+    model = SeedX.from_pretrained(layout.root, config=custom, variant="seed-x-i", stages=(1,), allow_pickle=True)
+    assert model.config == custom
+    _assert_subset_equal(parts, model.parts)
+    # the release's own LLM config.json is still checked against the geometry asked for
+    with pytest.raises(ConfigError, match=r"num_hidden_layers is 3 in the file.*config="):
+        SeedX.from_pretrained(layout.root, preset="tiny-random", variant="seed-x-i", stages=(1,), allow_pickle=True)
+    with pytest.raises(ConfigError, match=r"disagree on llm\.num_layers"):
+        SeedX.from_pretrained(layout.root, preset="tiny-random", config=custom, allow_pickle=True)
+    out = convert_official(
+        layout.root, tmp_path / "converted", variants=("seed-x-i",), allow_pickle=True, config=custom
+    )
+    assert SeedXConfig.load(out / "config.json") == custom
+    _assert_subset_equal(parts, load_components(out, verify=True))
+    with pytest.raises(ConfigError, match="SeedXConfig or a preset name"):
+        convert_official(layout.root, tmp_path / "bad", config=3, allow_pickle=True)  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from seedx_agent.decoding import GenerationOptions, apply_placeholder_mask, decode, sample_next_token
+from seedx_agent.decoding import GenerationOptions, apply_placeholder_mask, decode, forced_tokens, sample_next_token
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,103 @@ def test_options_are_validated():
         GenerationOptions(top_p=1.5)
     with pytest.raises(ValueError):
         GenerationOptions(bogus=1)
+
+
+class _NegativeHead(torch.nn.Module):
+    """An LM head whose every logit is negative: the official 0.0 "mask" then lets a placeholder win."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, hidden):
+        return torch.full((*hidden.shape[:-1], self.vocab), -1.0)
+
+
+def _stop_after_an_image(ids):
+    """A logits processor that picks EOS once a ``</img>`` was generated (so decoding can end)."""
+
+    def process(generated, logits):
+        if ids.eoi in generated:
+            logits = logits.clone()
+            logits[ids.eos] = 1.0
+        return logits
+
+    return process
+
+
+def _decode_with_head(lvlm, ids, tok, head, options, logits_processor=None):
+    original = lvlm.llm.lm_head
+    lvlm.llm.lm_head = head
+    try:
+        prompt = tok.encode("a picture", add_bos=True)
+        return prompt, decode(
+            lvlm,
+            ids,
+            inputs_embeds=_embeds(lvlm, prompt),
+            last_prompt_token=prompt[-1],
+            options=options,
+            logits_processor=logits_processor,
+        )
+    finally:
+        lvlm.llm.lm_head = original
+
+
+def test_forced_tokens_follow_the_official_rule(setup):
+    _, ids, _ = setup
+    block = (*ids.image, ids.eoi)
+    for mode in ("neg_inf", "official_zero"):
+        assert forced_tokens(ids.boi, ids, mode) == block
+        assert forced_tokens(ids.eoi, ids, mode) == () and forced_tokens(ids.eos, ids, mode) == ()
+    # official: any of <img>, <img_00000>..<img_{N-1}> forces its successor, up to </img>
+    assert forced_tokens(ids.image[0], ids, "official_zero") == block[1:]
+    assert forced_tokens(ids.image[-1], ids, "official_zero") == (ids.eoi,)
+    assert forced_tokens(ids.image[0], ids, "neg_inf") == ()  # our mask never lets a placeholder out
+    assert forced_tokens(ids.image_all[len(ids.image)], ids, "official_zero") == ()  # unused slots: no rule
+
+
+@pytest.mark.parametrize("block_mode", ["one_forward", "per_token"])
+def test_official_mode_completes_a_block_opened_by_a_placeholder(setup, block_mode):
+    # Every ordinary logit negative: under the official 0.0 "mask" <img_00000> (the lowest-id zero) wins.
+    lvlm, ids, tok = setup
+    vocab, n = lvlm.llm_config.vocab_size, len(ids.image)
+    assert int(torch.argmax(apply_placeholder_mask(torch.full((vocab,), -1.0), ids, "official_zero"))) == ids.image[0]
+    options = GenerationOptions(
+        max_new_tokens=3 * (n + 2), placeholder_mask="official_zero", image_block_mode=block_mode
+    )
+    prompt, out = _decode_with_head(lvlm, ids, tok, _NegativeHead(vocab), options, _stop_after_an_image(ids))
+    # a complete, well-formed run of placeholders and </img>, then the processor's EOS ends decoding
+    assert out.token_ids == [*ids.image, ids.eoi, ids.eos] and out.finish_reason == "eos"
+    # the official generate keeps the 64 states before </img>: those whose inputs were the placeholders
+    assert len(out.image_hidden_states) == 1
+    with torch.no_grad():
+        full = torch.tensor([prompt + list(ids.image)])
+        expected = lvlm.llm.model(input_ids=full).last_hidden_state[0, len(prompt) :]
+    torch.testing.assert_close(out.image_hidden_states[0], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block_mode", ["one_forward", "per_token"])
+def test_official_mode_completes_a_run_from_a_later_placeholder(setup, block_mode):
+    lvlm, ids, tok = setup
+    vocab = lvlm.llm_config.vocab_size
+    stop = _stop_after_an_image(ids)
+
+    def start_mid_run(generated, logits):  # the model "emits" <img_00002> first
+        logits = stop(generated, logits)
+        if not generated:
+            logits = logits.clone()
+            logits[ids.image[2]] = 1.0
+        return logits
+
+    options = GenerationOptions(max_new_tokens=20, placeholder_mask="official_zero", image_block_mode=block_mode)
+    _, out = _decode_with_head(lvlm, ids, tok, _NegativeHead(vocab), options, start_mid_run)
+    assert out.token_ids == [*ids.image[2:], ids.eoi, ids.eos] and out.finish_reason == "eos"
+    assert out.image_hidden_states == []  # not a whole run: no image features (documented deviation)
+
+
+def test_default_mode_never_emits_a_placeholder_with_negative_logits(setup):
+    lvlm, ids, tok = setup
+    options = GenerationOptions(max_new_tokens=10)
+    _, out = _decode_with_head(lvlm, ids, tok, _NegativeHead(lvlm.llm_config.vocab_size), options)
+    assert not set(out.token_ids) & (set(ids.image_all) | {ids.eoi})
+    assert out.finish_reason == "length" and not out.image_hidden_states

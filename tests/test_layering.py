@@ -2,6 +2,7 @@
 (core, tools, memory, graphs) imports the miniature or the training code; only the CLI wiring and tests do."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,74 @@ def test_the_floor_check_catches_a_wrong_import(tmp_path: Path) -> None:
         "seedx_agent.miniature.world",
         "seedx_agent.miniature.world.Scene",
     ]
+
+
+# ---------------------------------------------------------------------------------------------- package root
+
+
+def test_main_names_import_from_the_package_root(tmp_path: Path) -> None:
+    """``from seedx_agent import SeedX, ...`` works; a bare ``import seedx_agent`` stays torch-free and silent."""
+    code = (
+        "import sys, seedx_agent;"
+        "assert 'torch' not in sys.modules and 'seedx_agent.model' not in sys.modules;"
+        "from seedx_agent import SeedX, SeedXConfig, SeedXEngine, Box, GenerationOptions, SeedXError, ConfigError;"
+        "import seedx_agent.model, seedx_agent.engine, seedx_agent.config, seedx_agent.tokens, seedx_agent.errors;"
+        "assert SeedX is seedx_agent.model.SeedX and SeedXEngine is seedx_agent.engine.SeedXEngine;"
+        "assert SeedXConfig is seedx_agent.config.SeedXConfig and Box is seedx_agent.tokens.Box;"
+        "assert issubclass(ConfigError, SeedXError) and SeedXError is seedx_agent.errors.SeedXError;"
+        "assert set(seedx_agent.errors.__all__) <= set(seedx_agent.__all__) <= set(dir(seedx_agent))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-c", "import seedx_agent"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    import seedx_agent
+
+    assert sorted(seedx_agent._EXPORTS) == seedx_agent.__all__
+    try:
+        seedx_agent.NotAName  # noqa: B018
+    except AttributeError as exc:
+        assert "NotAName" in str(exc)
+    else:
+        raise AssertionError("unknown names must raise AttributeError")
+
+
+FAKE_BNB = "import sys; print('FAKE BITSANDBYTES IMPORTED', flush=True)\n"
+
+
+def test_bitsandbytes_is_imported_only_when_quantize_llm_asks(tmp_path: Path) -> None:
+    """diffusers and peft import bitsandbytes whenever it is installed (it then probes the hub and logs, even
+    offline); loading must not, only ``quantize_llm``. A fake, installed-looking bitsandbytes tells."""
+    site = tmp_path / "site"
+    (site / "bitsandbytes").mkdir(parents=True)
+    (site / "bitsandbytes" / "__init__.py").write_text(FAKE_BNB)
+    dist = site / "bitsandbytes-0.45.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.45.0\n")
+    (dist / "top_level.txt").write_text("bitsandbytes\n")
+    code = f"""
+import sys
+import seedx_agent.model
+from seedx_agent.model import SeedX
+assert 'bitsandbytes' not in sys.modules, 'import'
+model = SeedX.from_preset('tiny-random', variants=('seed-x-i', 'seed-x-edit'))
+assert 'bitsandbytes' not in sys.modules, 'from_preset'
+model.save_pretrained({str(tmp_path / "ckpt")!r})
+SeedX.from_pretrained({str(tmp_path / "ckpt")!r})
+assert 'bitsandbytes' not in sys.modules, 'from_pretrained'
+print('LOADED', flush=True)
+from seedx_agent.checkpoints import quantize_llm
+from seedx_agent.errors import DependencyMissingError
+try:
+    quantize_llm(model.parts.lvlms['seed-x-i'], bits=4)
+except DependencyMissingError:
+    pass  # no CUDA GPU here; what matters is that the package was asked for
+assert 'bitsandbytes' in sys.modules, 'quantize_llm'
+"""
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the fake prints when imported: once, and only after loading finished
+    assert done.stdout.split() == ["LOADED", "FAKE", "BITSANDBYTES", "IMPORTED"], done.stdout

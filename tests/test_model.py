@@ -7,7 +7,8 @@ import PIL.Image
 import pytest
 import torch
 
-from seedx_agent.config import SeedXConfig
+from seedx_agent.anyres import preprocess, vit_transform
+from seedx_agent.config import SeedXConfig, resolve_config
 from seedx_agent.decoding import GenerationOptions
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import (
@@ -242,3 +243,62 @@ def test_generate_image_reads_context_images(model):
     assert not torch.equal(seen.features, plain.features)  # the context reached the LLM
     with pytest.raises(InvalidImageError):
         model.generate_image("a fox", context=[b"not an image"])
+
+
+def test_reconstruct_feeds_the_vit_the_official_transform(model, monkeypatch):
+    # Official reconstruction (§8.1 D): Resize((448, 448)) bilinear + normalise, not the any-res thumbnail.
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 90, 3), dtype=np.uint8))
+    seen: list[torch.Tensor] = []
+    encode = model.encode_crops
+
+    def spy(pixel_values: torch.Tensor) -> torch.Tensor:
+        seen.append(pixel_values.clone())
+        return encode(pixel_values)
+
+    monkeypatch.setattr(model, "encode_crops", spy)
+    model.reconstruct(image, num_inference_steps=1)
+    assert torch.equal(seen[0], vit_transform(image, model.config.vision)[None])
+    thumbnail = preprocess(image, model.config.vision, ("1x1",)).pixel_values[-1:]  # bicubic: not what we feed
+    assert not torch.equal(seen[0], thumbnail)
+
+
+def _custom_tiny() -> SeedXConfig:
+    """tiny-random with a non-standard geometry (3 LLM layers instead of 2)."""
+    data = SeedXConfig.from_preset("tiny-random").model_dump()
+    data["llm"]["num_layers"] = 3
+    return SeedXConfig.model_validate({**data, "name": "tiny-custom"})
+
+
+def test_a_custom_config_round_trips_through_from_pretrained(scene, tmp_path):
+    custom = _custom_tiny()
+    model = SeedX.from_preset(custom, variants=("seed-x-i",))  # random weights for a config object
+    assert model.config == custom and len(model.parts.lvlms["seed-x-i"].llm.model.layers) == 3
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = SeedX.from_pretrained(tmp_path / "ckpt", config=custom)
+    assert loaded.config == custom
+    for (name, a), (_, b) in zip(model.parts.modules(), loaded.parts.modules()):
+        assert all(torch.equal(x, b.state_dict()[key]) for key, x in a.state_dict().items()), name
+    opts = GenerationOptions(max_new_tokens=3)
+    answer = model.comprehend(scene, "What?", options=opts).token_ids
+    assert loaded.comprehend(scene, "What?", options=opts).token_ids == answer
+    # name/variant are labels: a config that differs only there still matches the stored one
+    relabelled = custom.model_copy(update={"name": "other", "variant": "seed-x"})
+    assert SeedX.from_pretrained(tmp_path / "ckpt", config=relabelled).config == custom
+
+
+def test_from_pretrained_refuses_a_config_that_does_not_match(tmp_path):
+    custom = _custom_tiny()
+    SeedX.from_preset(custom, variants=("seed-x-i",)).save_pretrained(tmp_path / "ckpt")
+    # our layout's config.json describes its weights; a different geometry is an error, not an override
+    with pytest.raises(ConfigError, match=r"does not match .*config\.json.* on llm\.num_layers"):
+        SeedX.from_pretrained(tmp_path / "ckpt", config="tiny-random")
+    with pytest.raises(ConfigError, match=r"llm\.num_layers"):
+        SeedX.from_pretrained(tmp_path / "ckpt", preset="tiny-random")
+    # a preset name and a config that disagree: a clear error naming the fields
+    with pytest.raises(ConfigError, match=r"preset='tiny-random' and config= disagree on llm\.num_layers"):
+        SeedX.from_pretrained(tmp_path / "ckpt", preset="tiny-random", config=custom)
+    with pytest.raises(ConfigError, match="SeedXConfig or a preset name"):
+        SeedX.from_pretrained(tmp_path / "ckpt", config={"llm": {}})  # type: ignore[arg-type]
+    assert resolve_config(None) == SeedXConfig.from_preset("seed-x-i")
+    assert resolve_config("seed-x-edit", preset="seed-x-i").variant == "seed-x-edit"  # same geometry
+    assert resolve_config(custom) is custom
