@@ -39,6 +39,8 @@ def test_bundled_weights_load_without_download(mini: SeedX) -> None:
     assert mini.config.detokenizer.scheduler["prediction_type"] == "v_prediction"
 
 
+# ~190 s on the 2-core CI machine (80 model calls on the bundled weights): slow, run by .ci/run after the unit suite.
+@pytest.mark.slow
 def test_bundled_weights_score_above_their_measured_floors(mini: SeedX) -> None:
     tasks = sorted({task for task, _ in FLOORS})
     report = evaluate_model(mini, n=N, tasks=tasks, progress=False)

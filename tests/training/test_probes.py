@@ -120,6 +120,8 @@ def test_training_loss_fixed_timesteps(tiny) -> None:
             detok.training_loss(batch.target_pixels, features, timesteps=bad)
 
 
+# ~85 s (trains a tiny LVLM to memorise): slow, run by .ci/run after the unit suite.
+@pytest.mark.slow
 def test_teacher_forced_exact_counts_answers_whose_every_token_is_the_argmax(tiny) -> None:
     _, data = tiny
     tokenizer = data.tokenizer

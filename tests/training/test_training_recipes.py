@@ -123,6 +123,8 @@ def test_input_resampler_align_trains_only_the_input_side(tiny, tmp_path: Path) 
         _cell_pooling(2, 3)
 
 
+# ~50 s (two de-tokenizer stages): slow, run by .ci/run after the unit suite.
+@pytest.mark.slow
 def test_detokenizer_stages_lower_the_loss(tiny, tmp_path: Path) -> None:
     config, _, parts, data = tiny
     vision, detok = parts.vision, copy.deepcopy(parts.detokenizers[1])
