@@ -1,6 +1,6 @@
 """The SEED-X chat agent: describe -> ground -> reviewed edit -> recall, with progress events.
 
-    python examples/chat_agent.py [--model tiny-random|mini|PATH] [--out DIR] [--planner scripted|seedx]
+    python examples/chat_agent.py [--model mini|tiny-random|PATH] [--out DIR] [--planner scripted|seedx]
 
 ``--planner scripted`` (default): a ``ScriptedPlanner`` makes the tool calls, so the run is deterministic on
 any model. ``--planner seedx``: the model plans for itself through ``ChatSeedX`` (needs a trained model; the
@@ -31,9 +31,13 @@ def call(name: str, **args: object) -> AIMessage:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-random", help="mini | tiny-random | checkpoint folder")
+    parser.add_argument(
+        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
+    )
     parser.add_argument("--out", default=None, help="memory folder (default: a temporary one)")
-    parser.add_argument("--steps", type=int, default=2, help="diffusion steps")
+    parser.add_argument(
+        "--num-inference-steps", "--steps", type=int, default=None, help="diffusion steps per picture (model default)"
+    )
     parser.add_argument("--planner", choices=("scripted", "seedx"), default="scripted", help="who plans the calls")
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="seedx-chat-"))
@@ -66,7 +70,7 @@ def main() -> None:
                 f"Edit {image_id}: make the red circle blue",
                 "Find earlier images of a blue circle at the top left.",
             ]
-        tools = make_seedx_tools(engine, memory, namespace="user:demo", default_steps=args.steps)
+        tools = make_seedx_tools(engine, memory, namespace="user:demo", default_steps=args.num_inference_steps)
         graph = create_chat_agent(planner, tools, checkpointer=InMemorySaver(), approve_edits=True, **options)
         config = {"configurable": {"thread_id": "demo"}}
         for request in requests:

@@ -1,6 +1,6 @@
 """Embedding SEED-X in a plain Python program: load, describe, ground, generate and edit (no LangChain).
 
-    python examples/embed_seedx.py [--model tiny-random|mini|PATH] [--out DIR]
+    python examples/embed_seedx.py [--model mini|tiny-random|PATH] [--out DIR]
 
 ``SeedX.load`` takes ``"mini"`` (the bundled trained miniature), a preset such as ``"tiny-random"`` (random
 weights: the pipeline runs, the outputs mean nothing) or a checkpoint folder. Wrap the model in ``SeedXEngine``
@@ -21,8 +21,12 @@ from seedx_agent.model import SeedX
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-random", help="mini | tiny-random | checkpoint folder")
-    parser.add_argument("--steps", type=int, default=2, help="diffusion steps")
+    parser.add_argument(
+        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
+    )
+    parser.add_argument(
+        "--num-inference-steps", "--steps", type=int, default=None, help="diffusion steps per picture (model default)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-embed-"))
@@ -34,9 +38,10 @@ def main() -> None:
 
     print("describe:", engine.comprehend(scene, "describe the picture").text)
     print("ground:", [box.as_tuple() for box in engine.ground(scene, "the red circle").boxes])
-    generated = engine.generate_image("a blue square in the center", seed=0, num_inference_steps=args.steps)
+    steps = args.num_inference_steps
+    generated = engine.generate_image("a blue square in the center", seed=0, num_inference_steps=steps)
     generated.image.save(out / "generated.png")
-    edited = engine.edit_image(scene, "make the red circle green", seed=0, num_inference_steps=args.steps)
+    edited = engine.edit_image(scene, "make the red circle green", seed=0, num_inference_steps=steps)
     edited.image.save(out / "edited.png")
     print(f"wrote {out / 'generated.png'} and {out / 'edited.png'}")
 

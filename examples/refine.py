@@ -19,12 +19,14 @@ from seedx_agent.graphs.runtime import default_planner, load_engine, load_planne
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mini", help="mini | tiny-random | checkpoint folder")
+    parser.add_argument(
+        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
+    )
     parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
-    parser.add_argument("--request", default="a red circle at the top left")
+    parser.add_argument("--request", default="a red circle at the top left", help="what the picture should show")
     parser.add_argument("--rounds", type=int, default=2, help="at most this many edits")
     parser.add_argument(
-        "--num-inference-steps", "--steps", type=int, default=None, help="diffusion steps (model default)"
+        "--num-inference-steps", "--steps", type=int, default=None, help="diffusion steps per picture (model default)"
     )
     parser.add_argument("--out", default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args()

@@ -19,12 +19,16 @@ from seedx_agent.graphs.slides import create_slides_graph
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--topic", default="red circles and blue squares")
-    parser.add_argument("--slides", type=int, default=4)
-    parser.add_argument("--max-refine", type=int, default=2)
-    parser.add_argument("--model", default="mini", help="mini (the bundled miniature), a preset or a folder")
+    parser.add_argument("--topic", default="red circles and blue squares", help="what the deck is about")
+    parser.add_argument("--slides", type=int, default=4, help="number of slides")
+    parser.add_argument("--max-refine", type=int, default=2, help="corrections per slide")
+    parser.add_argument(
+        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
+    )
     parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
-    parser.add_argument("--num-inference-steps", type=int, default=None)
+    parser.add_argument(
+        "--num-inference-steps", type=int, default=None, help="diffusion steps per picture (model default)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-slides-"))

@@ -20,12 +20,16 @@ from seedx_agent.graphs.story import create_story_graph
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--premise", default="a small red circle at the top left")
-    parser.add_argument("--beats", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default="mini", help="mini (the bundled miniature), a preset or a folder")
+    parser.add_argument("--premise", default="a small red circle at the top left", help="what the story is about")
+    parser.add_argument("--beats", type=int, default=25, help="number of story beats (one picture each)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of the pictures (default 0)")
+    parser.add_argument(
+        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
+    )
     parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
-    parser.add_argument("--num-inference-steps", type=int, default=None)
+    parser.add_argument(
+        "--num-inference-steps", type=int, default=None, help="diffusion steps per picture (model default)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-story-"))

@@ -1,9 +1,12 @@
 """``seedx-agent chat | memory``: the agent graphs and the image memory from the command line.
 
-``register(subparsers)`` adds the three subcommands to an ``argparse`` sub-parser set (the main CLI calls it);
+``register(subparsers)`` adds the subcommands to an ``argparse`` sub-parser set (the main CLI calls it);
 ``main(argv)`` runs them stand-alone. Heavy imports (torch, LangGraph, chromadb) happen inside the commands, so
 registering them costs nothing. ``--model`` is a spec for ``SeedX.load`` (``mini``, ``tiny-random`` or a folder);
 ``mini`` falls back to ``tiny-random`` with a warning while the miniature's weights are not bundled.
+
+The argument helpers at the top (``positive_int``, ``add_steps_flag``, the ``check_*`` functions) are shared by
+every subcommand: cheap arguments are checked before any model loads, and a bad one is one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import uuid
@@ -20,7 +24,24 @@ from typing import Any
 
 from seedx_agent.tool_protocol import IMAGE_ID_RE
 
-__all__ = ["build_parser", "cmd_chat", "cmd_memory", "main", "register"]
+__all__ = [
+    "MODEL_HELP",
+    "add_steps_flag",
+    "add_verbosity_flag",
+    "build_parser",
+    "check_model",
+    "check_namespace",
+    "check_output_folder",
+    "check_text",
+    "cmd_chat",
+    "cmd_memory",
+    "main",
+    "non_negative_int",
+    "positive_int",
+    "register",
+    "run_command",
+    "setup_logging",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +49,195 @@ _DEFAULT_MEMORY = "~/.cache/seedx-agent/memory"  # same as seedx_agent.graphs.ru
 _DEFAULT_PICTURES = "outputs/chat"  # where chat writes new pictures when --out is not given
 
 
+# ---------------------------------------------------------------------------------------------- shared arguments
+
+MODEL_HELP = (
+    "mini (the bundled trained miniature), a random-weight preset such as tiny-random, or a checkpoint folder "
+    "(default mini)"
+)
+STEPS_HELP = "diffusion steps of the de-tokenizer per picture (default: the model's)"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def add_steps_flag(parser: argparse.ArgumentParser, *, steps_alias: bool = True) -> None:
+    """``--num-inference-steps N`` (diffusion steps), with ``--steps`` as its short alias unless ``steps_alias``
+    is False (``story``, where ``--steps`` is the old name of ``--beats``)."""
+    flags = ["--num-inference-steps", "--steps"] if steps_alias else ["--num-inference-steps"]
+    parser.add_argument(
+        *flags, dest="num_inference_steps", type=positive_int, default=None, metavar="N", help=STEPS_HELP
+    )
+
+
+def add_verbosity_flag(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``-v`` (INFO log lines) / ``-vv`` (DEBUG); warnings only by default. Sub-commands accept it too, without
+    resetting a ``-v`` given before the sub-command's name."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if top else argparse.SUPPRESS,
+        help="log more: -v info lines (loading times, stored images), -vv debug (default: warnings only)",
+    )
+
+
+def setup_logging(verbosity: int) -> None:
+    """Warnings only by default, INFO with ``-v``, DEBUG with ``-vv``."""
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed sub-command; a library or file-system error is one ``error: ...`` line and exit code 2."""
+    from seedx_agent.errors import SeedXError
+
+    try:
+        return int(args.func(args))
+    except (SeedXError, OSError) as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+
+
+def _config_error(message: str) -> Exception:
+    from seedx_agent.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` when it can be encoded as UTF-8 (a terminal can hand over lone surrogates), else a ConfigError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start : error.end]
+        raise _config_error(
+            f"{what} holds characters that are not valid UTF-8 ({bad!r} at position {error.start})"
+        ) from None
+    return text
+
+
+def check_namespace(namespace: str | None, flag: str = "--namespace") -> str | None:
+    """``namespace`` when it is well formed (the memory's own rule), before any model loads."""
+    if namespace is None:
+        return None
+    from seedx_agent.memory.records import validate_namespace
+
+    check_text(namespace, flag)
+    return validate_namespace(namespace, argument=flag)
+
+
+def check_model(spec: str | Path, flag: str = "--model") -> None:
+    """A ConfigError now, before loading, when ``spec`` is neither ``mini``, a preset nor an existing path."""
+    from seedx_agent.config import PRESETS
+
+    if str(spec) == "mini" or str(spec) in PRESETS:
+        return
+    check_text(str(spec), flag)
+    if not Path(spec).exists():
+        random_presets = ", ".join(sorted(name for name in PRESETS if name != "mini"))
+        raise _config_error(
+            f"{flag} {str(spec)!r} does not exist: pass an existing checkpoint folder, 'mini' (the bundled trained "
+            f"miniature) or a preset with random weights ({random_presets})"
+        )
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot serve as an output folder, or None. Folders made to find out are removed again."""
+    if folder.exists():
+        if not folder.is_dir():
+            return "is a file, not a folder"
+        return None if os.access(folder, os.W_OK | os.X_OK) else "is not writable"
+    created: list[Path] = []
+    try:
+        for parent in [*reversed(folder.parents), folder]:
+            if parent.is_dir():
+                continue
+            if parent.exists():
+                return f"cannot be created: {str(parent)!r} is a file"
+            parent.mkdir()
+            created.append(parent)
+    except OSError as error:
+        return f"cannot be created as a folder: {error.strerror or type(error).__name__}"
+    finally:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """``path`` (``~`` expanded) when it is a folder or can be created as one, else a ConfigError naming ``flag``.
+
+    Run before any model loads; nothing is left behind (folders made to find out are removed again)."""
+    check_text(str(path), flag)
+    folder = Path(path).expanduser()
+    problem = _folder_problem(folder)
+    if problem:
+        raise _config_error(f"{flag} {str(path)!r} {problem}")
+    return folder
+
+
+def check_file_folder(path: str | Path, flag: str) -> Path:
+    """For a file to be written at ``path``: not a folder, and its folder exists or can be created."""
+    check_text(str(path), flag)
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise _config_error(f"{flag} {str(path)!r} is a folder, not a file")
+    problem = _folder_problem(file.parent)
+    if problem:
+        raise _config_error(f"{flag} {str(path)!r}: its folder {str(file.parent)!r} {problem}")
+    return file
+
+
+def check_planner(spec: str | None) -> None:
+    """A ``module:attr`` planner must name a module that exists (other names are checked when loaded)."""
+    if spec is None or ":" not in spec:
+        return
+    import importlib.util
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        found = bool(module_name) and bool(attr) and importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise _config_error(
+            f"--planner {spec!r}: no importable module {module_name!r}; use 'seedx', 'world' or 'module:attr' "
+            "naming an importable chat model (or a factory returning one)"
+        )
+
+
 def _add_memory_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", default=_DEFAULT_MEMORY, help=f"image memory folder (default {_DEFAULT_MEMORY})")
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="mini", help="mini | tiny-random | checkpoint folder (default mini)")
-    parser.add_argument("--steps", type=int, default=None, help="diffusion steps for generation/editing")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--model", default="mini", help=MODEL_HELP)
+    add_steps_flag(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def register(subparsers: Any) -> None:
@@ -71,41 +273,38 @@ def register(subparsers: Any) -> None:
     _add_memory_flag(memory)
     actions = memory.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="records, oldest first")
-    listing.add_argument("--namespace", default=None)
-    listing.add_argument("--kind", choices=["input", "generated", "edited"], default=None)
-    listing.add_argument("--limit", type=int, default=None)
+    listing.add_argument("--namespace", default=None, help="only this namespace and those below it (default: all)")
+    listing.add_argument(
+        "--kind", choices=["input", "generated", "edited"], default=None, help="only records of this kind"
+    )
+    listing.add_argument("--limit", type=positive_int, default=None, help="at most this many records")
     search = actions.add_parser("search", help="text search over prompts and captions")
-    search.add_argument("query")
-    search.add_argument("--k", type=int, default=5)
-    search.add_argument("--namespace", default=None)
+    search.add_argument("query", help="text to look for, e.g. 'a red circle'")
+    search.add_argument("--k", type=positive_int, default=5, help="number of hits (default 5)")
+    search.add_argument("--namespace", default=None, help="only this namespace and those below it (default: all)")
     show = actions.add_parser("show", help="one record with its lineage and children")
-    show.add_argument("image_id")
+    show.add_argument("image_id", help="an id such as img_0123456789abcdef")
     export = actions.add_parser("export", help="write PNG + record JSON of images")
-    export.add_argument("image_ids", nargs="+")
-    export.add_argument("--out", required=True, help="destination folder")
+    export.add_argument("image_ids", nargs="+", help="ids such as img_0123456789abcdef")
+    export.add_argument("--out", required=True, help="destination folder (created if missing)")
     delete = actions.add_parser("delete", help="remove records (files go when no record uses them)")
-    delete.add_argument("image_ids", nargs="+")
+    delete.add_argument("image_ids", nargs="+", help="ids such as img_0123456789abcdef")
     memory.set_defaults(func=cmd_memory)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """A parser with just these subcommands (``python -m seedx_agent.graphs.cli_chat``)."""
-    parser = argparse.ArgumentParser(prog="seedx-agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="seedx-agent", description="Chat with the SEED-X agent; inspect its memory.")
+    add_verbosity_flag(parser, top=True)
     register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; library errors print one line and return 2, like the main CLI."""
-    from seedx_agent.errors import SeedXError
-
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args))
-    except SeedXError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    setup_logging(args.verbose)
+    return run_command(args)
 
 
 # ---------------------------------------------------------------------------------------------- chat
@@ -325,6 +524,17 @@ def cmd_chat(args: argparse.Namespace) -> int:
     ``--script``, an input that fails stops the chat with a one-line error naming the script item; the
     transcript of what ran is still written to ``--out``. Interactively the error is printed and the chat goes on.
     """
+    # Cheap arguments first: a typo costs a second, not a model load.
+    check_namespace(args.namespace)
+    check_model(args.model)
+    check_output_folder(args.memory, "--memory")
+    pictures_dir = check_output_folder(args.out if args.out else _DEFAULT_PICTURES, "--out")
+    if args.checkpoints:
+        check_file_folder(args.checkpoints, "--checkpoints")
+    script = list(_script_inputs(args.script)) if args.script else None
+    if args.planner_script:
+        _read_json_list(args.planner_script, "planner script")
+
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.types import Command
     from seedx_agent.graphs.chat_agent import create_chat_agent, seedx_agent_options, seedx_planner
@@ -335,7 +545,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from seedx_agent.errors import ConfigError, SeedXError
 
     engine = load_engine(args.model)
-    pictures_dir = Path(args.out if args.out else _DEFAULT_PICTURES)
     with open_memory(args.memory, engine) as memory:
         show = _progress_printer(args.quiet, memory)
         options: dict[str, Any] = {}
@@ -345,7 +554,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             planner = seedx_planner(engine, memory, args.namespace)
             options = seedx_agent_options(engine)
         handles = _Handles()
-        tools = make_seedx_tools(engine, memory, namespace=args.namespace, default_steps=args.steps)
+        tools = make_seedx_tools(engine, memory, namespace=args.namespace, default_steps=args.num_inference_steps)
         saver_context = _checkpointer(args.checkpoints)
         with saver_context as checkpointer:
             graph = create_chat_agent(
@@ -430,7 +639,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 return run({"messages": [HumanMessage(text)]})
 
             try:
-                inputs = _script_inputs(args.script) if args.script else _interactive_inputs()
+                inputs = iter(script) if script is not None else _interactive_inputs()
                 for index, line in enumerate(inputs):
                     text = line.strip()
                     if text in {"/quit", "/exit"}:
@@ -447,8 +656,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             finally:
                 if args.out:
                     messages = graph.get_state(config).values.get("messages", [])
-                    _write_transcript(Path(args.out), messages, memory, ToolMessage)
-                    print(f"transcript: {Path(args.out) / 'transcript.json'}")
+                    _write_transcript(pictures_dir, messages, memory, ToolMessage)
+                    print(f"transcript: {pictures_dir / 'transcript.json'}")
     return 0
 
 
@@ -511,9 +720,18 @@ def _no_image_embedder(images: list[Any]) -> Any:
 def cmd_memory(args: argparse.Namespace) -> int:
     """Inspect or prune an image memory folder without loading a model."""
     from seedx_agent.memory import ImageMemory
+    from seedx_agent.memory.records import validate_image_id
 
     from seedx_agent.errors import ConfigError
 
+    # Cheap arguments first, before the memory opens (and before anything is written).
+    check_namespace(getattr(args, "namespace", None))
+    if args.action == "search":
+        check_text(args.query, "the query")
+    for image_id in [getattr(args, "image_id", None), *getattr(args, "image_ids", [])]:
+        if image_id is not None:
+            validate_image_id(image_id)
+    out = check_output_folder(args.out, "--out") if args.action == "export" else None
     root = Path(args.memory).expanduser()
     if not root.is_dir():
         raise ConfigError(f"no image memory at {str(root)!r}; pass --memory DIR of an existing memory")
@@ -534,7 +752,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
             }
             print(json.dumps(shown, indent=2))
         elif args.action == "export":
-            _export(memory, args.image_ids, Path(args.out))
+            _export(memory, args.image_ids, out)
         elif args.action == "delete":
             for image_id in args.image_ids:
                 memory.get(image_id)  # check them all before deleting any

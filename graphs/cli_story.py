@@ -15,6 +15,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .cli_chat import (
+    MODEL_HELP,
+    add_steps_flag,
+    check_model,
+    check_namespace,
+    check_output_folder,
+    check_planner,
+    check_text,
+    non_negative_int,
+    positive_int,
+)
+
 __all__ = ["cmd_refine", "cmd_slides", "cmd_story", "register"]
 
 logger = logging.getLogger(__name__)
@@ -22,24 +34,11 @@ logger = logging.getLogger(__name__)
 EXIT_NOT_VERIFIED = 3  # refine finished but the last picture failed a check
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+_EXAMPLES = {
+    "premise": "a fox who learns to fly",
+    "topic": "how tides work",
+    "request": "a lighthouse at dusk, warm light, two boats",
+}
 
 
 def _text(parser: argparse.ArgumentParser, name: str, example: str) -> None:
@@ -48,11 +47,9 @@ def _text(parser: argparse.ArgumentParser, name: str, example: str) -> None:
     parser.add_argument(f"--{name}", dest=f"{name}_flag", default=None, help=argparse.SUPPRESS)
 
 
-def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
+def _common(parser: argparse.ArgumentParser, default_out: str, *, steps_alias: bool) -> None:
     parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
-    parser.add_argument(
-        "--model", default="mini", help="mini (the bundled miniature), a preset such as tiny-random, or a folder"
-    )
+    parser.add_argument("--model", default="mini", help=MODEL_HELP)
     parser.add_argument(
         "--planner",
         default=None,
@@ -60,39 +57,46 @@ def _common(parser: argparse.ArgumentParser, default_out: str) -> None:
         "(an importable chat model or factory); default: world for mini/tiny-random, else seedx",
     )
     parser.add_argument("--memory", default=None, help="image memory folder (default OUT/memory)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="base seed; picture i uses seed + i")
-    parser.add_argument(
-        "--num-inference-steps", type=_positive_int, default=None, help="de-tokenizer diffusion steps (model default)"
-    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed; picture i uses seed + i")
+    add_steps_flag(parser, steps_alias=steps_alias)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``story``, ``slides`` and ``refine`` subcommands."""
     story = subparsers.add_parser("story", help="write and illustrate a story beat by beat into a storyboard")
-    _text(story, "premise", "a fox who learns to fly")
+    _text(story, "premise", _EXAMPLES["premise"])
     story.add_argument(
-        "--beats", "--steps", dest="steps", type=_positive_int, default=25, help="number of beats/pages (default 25)"
+        "--beats",
+        "--steps",
+        dest="beats",
+        type=positive_int,
+        default=25,
+        metavar="N",
+        help="number of story beats (pages, one picture each; default 25); --steps is its old name here, "
+        "diffusion steps are --num-inference-steps",
     )
-    story.add_argument("--recall", type=_non_negative_int, default=2, help="pictures per character used as context")
-    _common(story, "outputs/story")
+    story.add_argument(
+        "--recall", type=non_negative_int, default=2, help="pictures per character used as context (default 2)"
+    )
+    _common(story, "outputs/story", steps_alias=False)
     story.set_defaults(func=cmd_story)
 
     slides = subparsers.add_parser("slides", help="plan, illustrate, critique and write a .pptx deck")
-    _text(slides, "topic", "how tides work")
-    slides.add_argument("--slides", type=_positive_int, default=4, help="number of slides (default 4)")
-    slides.add_argument("--max-refine", type=_non_negative_int, default=2, help="corrections per slide (default 2)")
-    _common(slides, "outputs/slides")
+    _text(slides, "topic", _EXAMPLES["topic"])
+    slides.add_argument("--slides", type=positive_int, default=4, help="number of slides (default 4)")
+    slides.add_argument("--max-refine", type=non_negative_int, default=2, help="corrections per slide (default 2)")
+    _common(slides, "outputs/slides", steps_alias=False)
     slides.set_defaults(func=cmd_slides)
 
     refine = subparsers.add_parser(
         "refine", help="generate, verify with SEED-X and correct until the picture matches (exit 3: not verified)"
     )
-    _text(refine, "request", "a lighthouse at dusk, warm light, two boats")
+    _text(refine, "request", _EXAMPLES["request"])
     refine.add_argument("--prompt", dest="request_flag", default=None, help=argparse.SUPPRESS)
-    refine.add_argument("--rounds", type=_non_negative_int, default=3, help="corrections at most (default 3)")
+    refine.add_argument("--rounds", type=non_negative_int, default=3, help="corrections at most (default 3)")
     refine.add_argument("--namespace", default="refine", help="memory namespace of the versions (default refine)")
-    _common(refine, "outputs/refine")
+    _common(refine, "outputs/refine", steps_alias=True)
     refine.set_defaults(func=cmd_refine)
 
 
@@ -101,15 +105,26 @@ def _text_of(args: argparse.Namespace, name: str) -> str:
     if not text or not text.strip():
         from seedx_agent.errors import InvalidPromptError
 
-        raise InvalidPromptError(f'give the {name} as the first argument (in quotes), e.g. "a fox who learns to fly"')
-    return text
+        example = _EXAMPLES.get(name, "a fox who learns to fly")
+        raise InvalidPromptError(f'give the {name} as the first argument (in quotes), e.g. "{example}"')
+    return check_text(text, f"the {name}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    """The cheap arguments of a workflow command, checked before the model loads."""
+    check_model(args.model)
+    check_planner(args.planner)
+    check_output_folder(args.out, "--out")
+    if args.memory:
+        check_output_folder(args.memory, "--memory")
+    check_namespace(getattr(args, "namespace", None))
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
-    """Engine, memory, planner and the output folder (created) for a workflow command."""
+    """Engine, memory, planner and the output folder (created) for a workflow command (after ``_check``)."""
     from .runtime import default_planner, load_engine, load_planner, open_memory
 
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
     engine = load_engine(args.model)
     out.mkdir(parents=True, exist_ok=True)
     memory = open_memory(Path(args.memory) if args.memory else out / "memory", engine)
@@ -123,24 +138,26 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
 
 def cmd_story(args: argparse.Namespace) -> int:
     """Run the story graph; print the storyboard, manifest and the story's id as JSON."""
+    premise = _text_of(args, "premise")
+    _check(args)
+
     from tqdm import tqdm
 
     from .story import create_story_graph
 
-    premise = _text_of(args, "premise")
     engine, memory, planner, out = _open(args)
     try:
         graph = create_story_graph(
             engine,
             memory,
             planner=planner,
-            steps=args.steps,
+            steps=args.beats,
             out_dir=out,
             recall_k=args.recall,
             num_inference_steps=args.num_inference_steps,
         )
         final: dict[str, Any] = {}
-        with tqdm(total=args.steps, desc="story", unit="beat", disable=args.quiet) as bar:
+        with tqdm(total=args.beats, desc="story", unit="beat", disable=args.quiet) as bar:
             for mode, chunk in graph.stream(
                 {"premise": premise, "base_seed": args.seed}, stream_mode=["custom", "values"]
             ):
@@ -159,7 +176,7 @@ def cmd_story(args: argparse.Namespace) -> int:
                 "namespace": final["namespace"],
                 "storyboard": final["storyboard"],
                 "manifest": final["manifest"],
-                "beats": args.steps,
+                "beats": args.beats,
                 "consistent": consistent,
             }
         )
@@ -174,11 +191,13 @@ def _beats(final: dict[str, Any]) -> list[dict[str, Any]]:
 
 def cmd_slides(args: argparse.Namespace) -> int:
     """Run the slides graph; print the deck and preview paths as JSON."""
+    topic = _text_of(args, "topic")
+    _check(args)
+
     from tqdm import tqdm
 
     from .slides import create_slides_graph
 
-    topic = _text_of(args, "topic")
     engine, memory, planner, out = _open(args)
     try:
         graph = create_slides_graph(
@@ -209,11 +228,13 @@ def cmd_slides(args: argparse.Namespace) -> int:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     """Run the refine loop; write every version as PNG and report.json; exit 3 when never verified."""
+    request = _text_of(args, "request")
+    _check(args)
+
     from tqdm import tqdm
 
     from .refine import create_refine_graph
 
-    request = _text_of(args, "request")
     engine, memory, planner, out = _open(args)
     try:
         graph = create_refine_graph(

@@ -20,6 +20,7 @@ from typing import Any
 from seedx_agent.memory import ImageMemory
 from seedx_agent.tools import memory_image_embedder
 
+from seedx_agent.config import PRESETS
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import CheckpointError, ConfigError
 from seedx_agent.model import SeedX
@@ -50,6 +51,12 @@ def load_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
         model = SeedX.load(spec, variants=("seed-x-i", "seed-x-edit"))
     except CheckpointError as error:
         if str(spec) != DEFAULT_MODEL:
+            if not Path(spec).exists():  # say which names are trained weights and which are random
+                random_presets = ", ".join(sorted(name for name in PRESETS if name != "mini"))
+                raise CheckpointError(
+                    f"model {str(spec)!r} does not exist: pass an existing checkpoint folder, 'mini' (the bundled "
+                    f"trained miniature) or a preset with random weights ({random_presets})"
+                ) from error
             raise
         logger.warning(
             "the miniature model is not available (%s); using %r instead: RANDOM weights, so answers and pictures "

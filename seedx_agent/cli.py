@@ -12,10 +12,23 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
 logger = logging.getLogger("seedx_agent")
+
+DESCRIPTION = (
+    "SEED-X: comprehension, grounding, image generation and editing, the agent chat and its workflows. "
+    "--model takes mini (the bundled trained miniature, the default), a random-weight preset such as "
+    "tiny-random, or a checkpoint folder; --num-inference-steps sets the diffusion steps per picture (alias "
+    "--steps in chat, refine, eval and demo; in story --steps is the old name of --beats). Log lines: warnings "
+    "only unless -v."
+)
+# The tasks of ``seedx_agent.miniature.eval_model`` (EVAL_TASKS: the default; WORKFLOW_TASKS: slower, only when
+# named), kept here so ``--help`` imports nothing heavy (tests/test_examples.py checks that the lists agree).
+EVAL_TASKS = ("caption", "vqa", "grounding", "text_to_image", "edit", "reconstruction", "agent")
+WORKFLOW_TASKS = ("refine", "story", "slides")
 
 
 def _load_model(spec: str, *, variants: tuple[str, ...], allow_pickle: bool = False):
@@ -43,10 +56,12 @@ def _demo_scene():
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Describe, ground, generate and edit a world scene; write PNGs and a report."""
+    from seedx_agent.graphs.cli_chat import check_model, check_output_folder
     from seedx_agent.miniature import world
     from seedx_agent.miniature.evaluate import score_edit, score_generation, score_grounding
 
-    out = Path(args.out)
+    check_model(args.model)
+    out = check_output_folder(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model = _load_model(args.model, variants=("seed-x-i", "seed-x-edit"))
@@ -80,7 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     t = time.perf_counter()
     prompt = "a green triangle at the bottom left"
-    generated = model.generate_image(prompt, seed=args.seed, progress=not args.quiet)
+    steps = args.num_inference_steps
+    generated = model.generate_image(prompt, seed=args.seed, num_inference_steps=steps, progress=not args.quiet)
     generated.image.save(out / "generated.png")
     wanted = world.Scene(shapes=(world.Shape("triangle", "green", "large", (2, 0)),), background="white")
     report["generate_image"] = {
@@ -91,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     }
     t = time.perf_counter()
     instruction = "make the red circle yellow"
-    edited = model.edit_image(image, instruction, seed=args.seed, progress=not args.quiet)
+    edited = model.edit_image(image, instruction, seed=args.seed, num_inference_steps=steps, progress=not args.quiet)
     edited.image.save(out / "edited.png")
     target_scene = scene.replace_shape(0, world.Shape("circle", "yellow", "large", (0, 0)))
     report["edit_image"] = {
@@ -120,11 +136,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a recipe; ``mini`` runs every stage of the miniature and assembles the model."""
     from seedx_agent.config import SeedXConfig
     from seedx_agent.errors import ConfigError
+    from seedx_agent.graphs.cli_chat import check_output_folder
     from seedx_agent.training.loop import distributed_context
     from seedx_agent.training.recipes import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
 
     if args.recipe != "mini":
         raise SystemExit("only the 'mini' recipe runs from the CLI so far; use seedx_agent.training.recipes in Python")
+    check_output_folder(args.out, "--out")
     schedule = MiniSchedule()
     if args.scale != 1.0:
         schedule = schedule.scaled(args.scale)
@@ -177,10 +195,16 @@ def _stage_steps(items: list[str]) -> dict[str, int]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a model on held-out world samples and print the table against the bars."""
-    from seedx_agent.miniature.eval_model import EVAL_TASKS, evaluate_model
+    from seedx_agent.graphs.cli_chat import check_file_folder, check_model
 
     if args.what != "mini":
         raise SystemExit("only 'seedx-agent eval mini' exists: it scores a model on the miniature world")
+    check_model(args.model)
+    if args.json:
+        check_file_folder(args.json, "--json")
+
+    from seedx_agent.miniature.eval_model import evaluate_model
+
     model = _load_model(args.model, variants=("seed-x-i", "seed-x-edit"))
     start = time.perf_counter()
     report = evaluate_model(
@@ -188,7 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         n=args.n,
         seed=args.seed,
         tasks=tuple(args.tasks) if args.tasks else EVAL_TASKS,
-        num_inference_steps=args.steps,
+        num_inference_steps=args.num_inference_steps,
         scheduler=args.scheduler,
         progress=not args.quiet,
         copy_arguments=not args.no_copy_arguments,
@@ -196,12 +220,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report.format_table())
     print(f"{args.n} held-out samples per task, seed {args.seed}, {_since(start)} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        path = Path(args.json).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.passed() or not args.strict else 1
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Official release folder -> our safetensors layout with a config.json."""
+    from seedx_agent.errors import ConfigError
+    from seedx_agent.graphs.cli_chat import check_output_folder
+
+    if not Path(args.source).is_dir():
+        raise ConfigError(f"source {args.source!r} is not a folder: pass the official release folder (SEED-X-17B)")
+    check_output_folder(args.out, "out")
+
     from seedx_agent.checkpoints import convert_official
     from seedx_agent.config import SeedXConfig
 
@@ -222,6 +255,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the components and parameter counts of a model."""
+    from seedx_agent.graphs.cli_chat import check_model
+
+    check_model(args.model)
     model = _load_model(args.model, variants=tuple(args.variants), allow_pickle=args.allow_pickle)
     info = {name: sum(p.numel() for p in module.parameters()) for name, module in model.parts.modules()}
     print(json.dumps({"config": model.config.name, "parameters": info}, indent=2))
@@ -229,22 +265,33 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seedx-agent", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from seedx_agent.graphs.cli_chat import MODEL_HELP, add_steps_flag, add_verbosity_flag, positive_int
+
+    parser = argparse.ArgumentParser(prog="seedx-agent", description=DESCRIPTION)
+    add_verbosity_flag(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run comprehension, grounding, generation and editing once")
-    demo.add_argument("--model", default="mini", help="mini (bundled, trained), a preset name or a checkpoint folder")
-    demo.add_argument("--out", default="outputs/demo", help="folder for PNGs and report.json")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", default="mini", help=MODEL_HELP)
+    demo.add_argument("--out", default="outputs/demo", help="folder for PNGs and report.json (default outputs/demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated and the edited picture (default 0)")
+    add_steps_flag(demo)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
     convert = sub.add_parser("convert", help="convert the official release to our safetensors layout")
     convert.add_argument("source", help="folder of the official release (SEED-X-17B layout)")
     convert.add_argument("out", help="output folder")
-    convert.add_argument("--variants", nargs="+", default=["seed-x-i"], choices=["seed-x", "seed-x-i", "seed-x-edit"])
-    convert.add_argument("--stages", nargs="*", type=int, default=[], choices=[1, 2])
+    convert.add_argument(
+        "--variants",
+        nargs="+",
+        default=["seed-x-i"],
+        choices=["seed-x", "seed-x-i", "seed-x-edit"],
+        help="LLM variants to convert (default seed-x-i)",
+    )
+    convert.add_argument(
+        "--stages", nargs="*", type=int, default=[], choices=[1, 2], help="de-tokenizer stages (default: all found)"
+    )
     convert.add_argument("--vit", default=None, help="path of qwen_vit_G.pt (default: SOURCE/QwenViT/qwen_vit_G.pt)")
     convert.add_argument("--sdxl", default=None, help="SDXL-base folder (default: SOURCE/stable-diffusion-xl-base-1.0)")
     convert.add_argument(
@@ -258,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     train = sub.add_parser("train", help="train (or resume) a recipe: 'mini' trains the miniature from scratch")
-    train.add_argument("recipe", choices=["mini"])
+    train.add_argument("recipe", choices=["mini"], help="the recipe to run (only mini from the CLI)")
     train.add_argument("--out", default="runs/mini", help="run folder (checkpoints per stage, then model/)")
     train.add_argument("--stages", nargs="*", default=None, help="subset of stages to run (default: all, in order)")
     train.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long; rerun to resume")
@@ -269,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="STAGE=STEPS",
-        help="override stages' total steps (after --scale); a finished stage resumes and continues",
+        help="override stages' total training steps (after --scale); a finished stage resumes and continues",
     )
     train.add_argument(
         "--vit-local-heads",
@@ -282,17 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="weight of the LLM's regression loss (mini preset: 1.0; the bundled weights were trained with 6.0)",
     )
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="score a model on held-out miniature-world samples")
-    evaluate.add_argument("what", choices=["mini"])
-    evaluate.add_argument("--model", default="mini", help="mini (bundled), a preset or a checkpoint folder")
-    evaluate.add_argument("--n", type=int, default=50, help="held-out samples per task")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--tasks", nargs="*", default=None)
-    evaluate.add_argument("--steps", type=int, default=None, help="de-tokenizer steps (default: the model config's)")
-    evaluate.add_argument("--scheduler", default="euler", choices=["euler", "dpm"])
+    evaluate.add_argument("what", choices=["mini"], help="the benchmark (only mini: the miniature world)")
+    evaluate.add_argument("--model", default="mini", help=MODEL_HELP)
+    evaluate.add_argument("--n", type=positive_int, default=50, help="held-out samples per task (default 50)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out samples (default 0)")
+    evaluate.add_argument(
+        "--tasks",
+        nargs="*",
+        default=None,
+        choices=EVAL_TASKS + WORKFLOW_TASKS,
+        metavar="TASK",
+        help=f"tasks to score: any of {', '.join(EVAL_TASKS)} (default: these), and the slower workflows "
+        f"{', '.join(WORKFLOW_TASKS)} (only when named)",
+    )
+    add_steps_flag(evaluate)
+    evaluate.add_argument(
+        "--scheduler", default="euler", choices=["euler", "dpm"], help="diffusion sampler (default euler)"
+    )
     evaluate.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     evaluate.add_argument("--strict", action="store_true", help="exit 1 when a bar is missed")
     evaluate.add_argument(
@@ -300,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="agent task: decode tool calls without the copy constraint (seedx_agent.copy_arguments)",
     )
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_eval)
 
     # The agent commands live with the graphs (the CLI is the top floor; nothing below imports it).
@@ -311,25 +368,37 @@ def build_parser() -> argparse.ArgumentParser:
     register_story_commands(sub)
 
     info = sub.add_parser("info", help="print components and parameter counts")
-    info.add_argument("--model", default="tiny-random")
-    info.add_argument("--variants", nargs="+", default=["seed-x-i"])
-    info.add_argument("--allow-pickle", action="store_true")
+    info.add_argument("--model", default="mini", help=MODEL_HELP)
+    info.add_argument(
+        "--variants",
+        nargs="+",
+        default=["seed-x-i"],
+        choices=["seed-x", "seed-x-i", "seed-x-edit"],
+        help="LLM variants to load (default seed-x-i)",
+    )
+    info.add_argument("--allow-pickle", action="store_true", help="read pickle .bin/.pt files of an official folder")
     info.set_defaults(func=cmd_info)
+    _add_verbosity_everywhere(sub, add_verbosity_flag)
     return parser
 
 
+def _add_verbosity_everywhere(sub: argparse._SubParsersAction, add: Any) -> None:
+    """``-v`` after a sub-command's name too (``seedx-agent chat -v``), down to nested sub-commands."""
+    for parser in sub.choices.values():
+        add(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_verbosity_everywhere(action, add)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from seedx_agent.errors import SeedXError
+    """Parse, set up logging (warnings only; ``-v`` info, ``-vv`` debug) and run the sub-command; a library or
+    file-system error is one ``error: ...`` line on stderr and exit code 2."""
+    from seedx_agent.graphs.cli_chat import run_command, setup_logging
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.func(args))
-    except SeedXError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    setup_logging(args.verbose)
+    return run_command(args)
 
 
 if __name__ == "__main__":

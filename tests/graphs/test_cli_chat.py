@@ -300,3 +300,75 @@ def test_chat_script_failing_later_still_writes_the_finished_turns(
     transcript = json.loads((out / "transcript.json").read_text())
     assert [entry["role"] for entry in transcript] == ["human", "ai", "tool", "ai"]
     assert (out / f"{circle}.png").is_file()
+
+
+def _no_loading(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the model must not load before the arguments are checked")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--namespace", "bad ns "], "error: --namespace 'bad ns ' is malformed"),
+        (["--out", "{file}"], "error: --out '{file}' is a file, not a folder"),
+        (
+            ["--checkpoints", "{file}/threads.sqlite"],
+            "error: --checkpoints '{file}/threads.sqlite': its folder '{file}' is a file, not a folder",
+        ),
+        (["--script", "{tmp}/missing.json"], "error: chat script '{tmp}/missing.json' is not a readable JSON file"),
+        (["--model", "{tmp}/no-model"], "error: --model '{tmp}/no-model' does not exist: pass an existing checkpoint"),
+    ],
+)
+def test_chat_checks_its_arguments_before_loading_the_model(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("seedx_agent.graphs.runtime.load_engine", _no_loading)
+    (tmp_path / "file").write_text("x")
+    values = {"file": str(tmp_path / "file"), "tmp": str(tmp_path)}
+    argv = ["chat", "--memory", str(tmp_path / "memory"), *(item.format(**values) for item in extra)]
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(message.format(**values))
+    assert not (tmp_path / "memory").exists()
+
+
+def test_memory_checks_arguments_before_opening(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The memory folder does not even exist: the bad argument is reported first.
+    base = ["memory", "--memory", str(tmp_path / "nowhere")]
+    assert main([*base, "export", "img_0123456789abcdef", "--out", "/proc/nope"]) == 2
+    assert (
+        capsys.readouterr().out.strip()
+        == "error: --out '/proc/nope' cannot be created as a folder: No such file or directory"
+    )
+    assert main([*base, "list", "--namespace", "a//b"]) == 2
+    assert "--namespace 'a//b' is malformed" in capsys.readouterr().out
+    assert main([*base, "search", "a \ud800 b"]) == 2
+    assert "the query holds characters that are not valid UTF-8" in capsys.readouterr().out
+    assert main([*base, "show", "../etc/passwd"]) == 2
+    assert "is not an image id" in capsys.readouterr().out
+
+
+def test_check_output_folder_leaves_nothing_behind(tmp_path: Path) -> None:
+    from seedx_agent.graphs.cli_chat import check_file_folder, check_output_folder
+
+    from seedx_agent.errors import ConfigError
+
+    assert check_output_folder(tmp_path / "a" / "b" / "c", "--out") == tmp_path / "a" / "b" / "c"
+    assert list(tmp_path.iterdir()) == []  # creatable, and not created
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_output_folder(tmp_path / "f" / "x", "--out")
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        check_file_folder(tmp_path, "--json")
+    assert check_file_folder(tmp_path / "new" / "r.json", "--json") == tmp_path / "new" / "r.json"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["f"]
+
+
+def test_steps_is_the_alias_of_num_inference_steps_in_chat() -> None:
+    parser = argparse.ArgumentParser(prog="test")
+    register(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["chat", "--steps", "3"]).num_inference_steps == 3
+    assert parser.parse_args(["chat", "--num-inference-steps", "4"]).num_inference_steps == 4
+    assert parser.parse_args(["chat"]).num_inference_steps is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["chat", "--steps", "0"])

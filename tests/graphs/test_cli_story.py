@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
 
 def test_defaults_and_positional_text() -> None:
     args = parser().parse_args(["story", "a fox who learns to fly"])
-    assert (args.premise, args.steps, args.model, args.memory, args.seed, args.planner) == (
+    assert (args.premise, args.beats, args.model, args.memory, args.seed, args.planner) == (
         "a fox who learns to fly",
         25,
         "mini",
@@ -28,7 +28,8 @@ def test_defaults_and_positional_text() -> None:
         None,
     )
     assert parser().parse_args(["story", "--premise", "a red circle", "--beats", "3"]).premise_flag == "a red circle"
-    assert parser().parse_args(["story", "x", "--steps", "12"]).steps == 12  # --steps is the old name of --beats
+    args = parser().parse_args(["story", "x", "--steps", "12"])  # --steps is the old name of --beats in story
+    assert (args.beats, args.num_inference_steps) == (12, None)
     args = parser().parse_args(["slides", "shapes"])
     assert (args.slides, args.model, args.out, args.max_refine) == (4, "mini", "outputs/slides", 2)
     args = parser().parse_args(["refine", "a lighthouse at dusk", "--planner", "my.module:planner"])
@@ -70,3 +71,47 @@ def test_planner_choice_reaches_the_workflow(tmp_path: Path, capsys: pytest.Capt
     assert "NOT verified" in capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["planner"] == spec and report["checks"][0]["query"] == "what shape is blue?"
+
+
+def test_diffusion_steps_are_num_inference_steps_everywhere() -> None:
+    """``--num-inference-steps`` in every workflow; ``--steps`` is its alias in refine, the beats in story, and
+    not a flag of slides (where it would be ambiguous)."""
+    for command in (["story", "x"], ["slides", "x"], ["refine", "x"]):
+        assert parser().parse_args([*command, "--num-inference-steps", "3"]).num_inference_steps == 3
+    assert parser().parse_args(["refine", "x", "--steps", "4"]).num_inference_steps == 4
+    story = parser().parse_args(["story", "x", "--steps", "4", "--num-inference-steps", "2"])
+    assert (story.beats, story.num_inference_steps) == (4, 2)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["slides", "x", "--steps", "4"])
+    story_help = " ".join(parser()._subparsers._group_actions[0].choices["story"].format_help().split())
+    assert "--beats N, --steps N" in story_help and "diffusion steps are --num-inference-steps" in story_help
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["story", "x", "--out", "{file}/below"], "--out '{file}/below' cannot be created: '{file}' is a file"),
+        (["slides", "x", "--out", "{file}"], "--out '{file}' is a file, not a folder"),
+        (["refine", "x", "--model", "{tmp}/no-such-model"], "'mini' (the bundled trained miniature)"),
+        (["refine", "x", "--planner", "no_such_module_here:make"], "no importable module 'no_such_module_here'"),
+        (["refine", "x", "--namespace", "bad ns "], "--namespace 'bad ns ' is malformed"),
+        (["story", "  "], "give the premise as the first argument"),
+    ],
+)
+def test_bad_arguments_fail_before_the_model_loads(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seedx_agent.errors import SeedXError
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model must not load before the arguments are checked")
+
+    monkeypatch.setattr("seedx_agent.graphs.runtime.load_engine", no_loading)
+    (tmp_path / "file").write_text("x")
+    values = {"file": str(tmp_path / "file"), "tmp": str(tmp_path)}
+    argv = [item.format(**values) for item in argv]
+    args = parser().parse_args([*argv, "--memory", str(tmp_path / "memory")])
+    with pytest.raises(SeedXError) as raised:
+        args.func(args)
+    assert message.format(**values) in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "memory").exists()  # nothing created on the way
