@@ -15,13 +15,14 @@ in the last float bits, so a batched image may differ from the serial one by 1/2
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import torch
 
@@ -31,6 +32,32 @@ from seedx_agent.model import GeneratedImage, SeedX
 __all__ = ["SeedXEngine"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _same_signature(
+    method: Callable[Concatenate[SeedX, P], R],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[SeedXEngine, P], R]]:
+    """Give an engine method ``SeedX.<method>``'s signature, result type and docs (for users and type checkers)."""
+
+    def decorate(function: Callable[..., R]) -> Callable[Concatenate[SeedXEngine, P], R]:
+        return functools.wraps(method)(function)
+
+    return decorate
+
+
+def _serialised(
+    components: tuple[str, ...], method: Callable[Concatenate[SeedX, P], R]
+) -> Callable[Concatenate[SeedXEngine, P], R]:
+    """An engine method with exactly ``SeedX.<method>``'s signature, result type and docs, run under the locks
+    of the devices ``components`` live on (so tools and graphs keep the typed API)."""
+
+    @_same_signature(method)
+    def call(self: SeedXEngine, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._call(components, getattr(self.model, method.__name__), *args, **kwargs)
+
+    return call
 
 
 _GENERATION = ("vision", "llm", "detokenizer")
@@ -148,13 +175,11 @@ class SeedXEngine:
                 "lower the image size"
             ) from exc
 
-    def comprehend(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(("vision", "llm"), self.model.comprehend, *args, **kwargs)
+    comprehend = _serialised(("vision", "llm"), SeedX.comprehend)
+    ground = _serialised(("vision", "llm"), SeedX.ground)
 
-    def ground(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(("vision", "llm"), self.model.ground, *args, **kwargs)
-
-    def generate_image(self, *args: Any, **kwargs: Any) -> Any:
+    def _generate_image(self, *args: Any, **kwargs: Any) -> GeneratedImage:
+        """``SeedX.generate_image`` under the locks, micro-batched with compatible concurrent calls when enabled."""
         key = _batch_key(args, kwargs) if self.batch_window_s > 0 and self.max_batch > 1 else None
         if key is None:
             return self._call(_GENERATION, self.model.generate_image, *args, **kwargs)
@@ -204,14 +229,11 @@ class SeedXEngine:
         for request, result in zip(requests, results, strict=True):
             request.future.set_result(result)
 
-    def edit_image(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(("vision", "llm", "detokenizer"), self.model.edit_image, *args, **kwargs)
+    @_same_signature(SeedX.generate_image)
+    def generate_image(self, *args: Any, **kwargs: Any) -> GeneratedImage:
+        return self._generate_image(*args, **kwargs)
 
-    def chat(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(("vision", "llm", "detokenizer"), self.model.chat, *args, **kwargs)
-
-    def reconstruct(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(("vision", "detokenizer"), self.model.reconstruct, *args, **kwargs)
-
-    def image_embeddings(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(("vision",), self.model.image_embeddings, *args, **kwargs)
+    edit_image = _serialised(("vision", "llm", "detokenizer"), SeedX.edit_image)
+    chat = _serialised(("vision", "llm", "detokenizer"), SeedX.chat)
+    reconstruct = _serialised(("vision", "detokenizer"), SeedX.reconstruct)
+    image_embeddings = _serialised(("vision",), SeedX.image_embeddings)
