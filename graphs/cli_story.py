@@ -268,6 +268,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             "verified": final["verified"],
             "rounds": final["round"],
             "final_image_id": final["image_id"],
+            "best_image_id": final["best_image_id"],  # passed the most checks: the answer to use
             "lineage": [record.id for record in memory.lineage(final["image_id"])],
             "versions": versions,
             "verdicts": final["verdicts"],
@@ -280,7 +281,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         return 0
     failed = [c["query"] for c in final["verdicts"][-1]["checks"] if not c["passed"]]
     print(
-        f"NOT verified after {report['rounds']} correction(s): still failing {failed}; "
-        f"{len(versions)} version(s) and report.json in {out}"
+        f"NOT verified after {report['rounds']} correction(s): still failing {failed}; best version "
+        f"{report['best_image_id']}; {len(versions)} version(s) and report.json in {out}"
     )
     return EXIT_NOT_VERIFIED
