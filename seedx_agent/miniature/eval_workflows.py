@@ -10,7 +10,8 @@ whether the model agrees with itself.
   version that passed the most of SEED-X's own checks) at its default round limit; ``refined_last``: its last
   version; ``refined_rN``: the answer with at most N corrections (one run with the largest limit, cut
   at each N: the loop is deterministic, so a smaller limit would have stopped exactly there), with
-  ``seconds_rN`` per prompt; ``rounds``: corrections used.
+  ``seconds_rN`` per prompt; ``rounds``: corrections used; ``verifier_accepts_right`` /
+  ``verifier_rejects_wrong``: SEED-X's own checks on the first picture against the pixel truth.
 - ``story``: held-out premises, ``STORY_BEATS`` beats each. ``consistency``: the hero's kind, colour and size
   are read back from the beat's picture; ``beat_done``: the picture shows the beat's planned scene.
 - ``slides``: held-out topics; ``picture_matches_text``: the final picture shows the scene the slide's text
@@ -141,6 +142,12 @@ def _refine(bench: _Workbench, n: int, seed: int, report: Report, on_sample: Sin
             "rounds": float(default),
             "verified": bool(final["verified"]) and final["round"] <= REFINE_DEFAULT_ROUNDS,
         }
+        # The verifier itself, judged by pixels on the first picture: does it accept right ones, reject wrong ones?
+        first_accepted = passed[0] == len(final["verdicts"][0]["checks"])
+        if ok[0]:
+            scores["verifier_accepts_right"] = first_accepted
+        else:
+            scores["verifier_rejects_wrong"] = not first_accepted
         for rounds in REFINE_CURVE_ROUNDS:
             scores[f"refined_r{rounds}"] = ok[answer_after(passed, rounds)]
             scores[f"seconds_r{rounds}"] = reached[min(rounds, len(reached) - 1)]
