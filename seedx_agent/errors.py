@@ -10,12 +10,14 @@ __all__ = [
     "CapabilityMissingError",
     "CheckpointError",
     "ConfigError",
+    "CorruptCheckpointError",
     "DependencyMissingError",
     "ImageTokenMismatchError",
     "ImageTooLargeError",
     "InvalidBoxError",
     "InvalidImageError",
     "InvalidPromptError",
+    "NonFiniteWeightError",
     "ResourceExhaustedError",
     "SeedXError",
     "StateDictMismatchError",
@@ -93,6 +95,27 @@ class StateDictMismatchError(CheckpointError):
             )
         lines.append("  check that the checkpoint and the preset/config belong together.")
         super().__init__("\n".join(lines))
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A weight file differs from its manifest (size or sha256): corrupted on disk or in transit."""
+
+    def __init__(self, message: str, *, path: str, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message)
+
+
+class NonFiniteWeightError(CheckpointError):
+    """A checkpoint tensor holds NaN or infinite values (it would load and answer garbage)."""
+
+    def __init__(self, message: str, *, tensor: str, source: str, nan: int, inf: int) -> None:
+        self.tensor = tensor
+        self.source = source
+        self.nan = nan
+        self.inf = inf
+        super().__init__(message)
 
 
 class UnsafeCheckpointError(CheckpointError):

@@ -20,6 +20,12 @@ any-res step (``anyres.py``) stretches it to its grid exactly as the official co
 checked against ``max_pixels`` from the file header, before any pixel is decoded; Pillow's own
 decompression-bomb warnings and errors become ``ImageTooLargeError`` (never a warning). The caller's
 PIL image is never modified; the result is always a new image.
+
+``DEFAULT_MAX_PIXELS`` is the one pixel limit of the whole library: ``SeedX`` (its ``max_pixels``
+attribute), the image memory (``ImageMemory.open(max_pixels=...)``), the tools and the CLI all default
+to it and refuse larger images through ``check_image_size``, with the same ``ImageTooLargeError`` and
+message. ``check_image_source`` is the one type check for image arguments (``InvalidImageError`` naming
+the argument and the accepted types).
 """
 
 from __future__ import annotations
@@ -39,16 +45,57 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from seedx_agent.errors import ConfigError, ImageTooLargeError, InvalidImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageSource", "load_image", "to_rgb"]
+__all__ = [
+    "ACCEPTED_IMAGE_TYPES",
+    "DEFAULT_MAX_PIXELS",
+    "ImageSource",
+    "check_image_size",
+    "check_image_source",
+    "load_image",
+    "to_rgb",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_PIXELS = 64_000_000  # e.g. 8000x8000; the one limit of the library (module docstring)
 ImageSource = str | Path | bytes | PIL.Image.Image | np.ndarray
+ACCEPTED_IMAGE_TYPES = (
+    "a path (str or pathlib.Path), a 'data:image/...;base64,' URL, encoded bytes, a PIL.Image.Image "
+    "or a numpy array"
+)
+_SOURCE_TYPES = (str, Path, bytes, bytearray, memoryview, PIL.Image.Image, np.ndarray)
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # warnings.catch_warnings swaps process-wide state: serialise our own header reads around it.
 _OPEN_LOCK = threading.Lock()
+
+
+def check_image_source(value: object, *, argument: str = "image") -> None:
+    """Raise ``InvalidImageError`` naming ``argument`` and the accepted types unless ``value`` is an image source."""
+    if not isinstance(value, _SOURCE_TYPES):
+        got = "None" if value is None else f"a {type(value).__name__}"
+        raise InvalidImageError(f"{argument} must be an image: {ACCEPTED_IMAGE_TYPES}; got {got}")
+
+
+def check_image_size(
+    image: PIL.Image.Image | tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    what: str | None = None,
+) -> None:
+    """Refuse an image (or a (width, height)) with a side under 1 pixel or more than ``max_pixels`` pixels.
+
+    The one size check of the library (``ImageTooLargeError``, message naming the size, the limit and the
+    fix); ``what`` describes the image in the message (default: its mode and size).
+    """
+    _check_max_pixels(max_pixels)
+    if isinstance(image, PIL.Image.Image):
+        width, height = image.size
+        what = what or _describe_pil(image)
+    else:
+        width, height = image
+        what = what or "image"
+    _check_size(width, height, what, max_pixels)
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PIL.Image.Image:
@@ -57,8 +104,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     Raises ``InvalidImageError`` (naming the source and the cause) for missing, empty, truncated,
     corrupt or non-image input, and ``ImageTooLargeError`` when width*height exceeds ``max_pixels``.
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    _check_max_pixels(max_pixels)
     if isinstance(source, PIL.Image.Image):
         return _from_pil(source, max_pixels)
     if isinstance(source, np.ndarray):
@@ -77,10 +123,8 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 return _decode(stream, file.stat().st_size, what, max_pixels)
         except OSError as exc:
             raise InvalidImageError(f"image file {what} cannot be read: {exc}") from exc
-    raise InvalidImageError(
-        f"cannot read an image from a {type(source).__name__}; pass a path, a data URL, encoded bytes, "
-        "a PIL image or a numpy array"
-    )
+    got = "None" if source is None else f"a {type(source).__name__}"
+    raise InvalidImageError(f"cannot read an image from {got}; pass {ACCEPTED_IMAGE_TYPES}")
 
 
 def to_rgb(image: PIL.Image.Image, *, apply_exif_orientation: bool = True) -> PIL.Image.Image:
@@ -104,6 +148,17 @@ def to_rgb(image: PIL.Image.Image, *, apply_exif_orientation: bool = True) -> PI
 
 
 # -- sources ---------------------------------------------------------------------------------------
+
+
+def _check_max_pixels(max_pixels: object) -> None:
+    """Raise ``ConfigError`` unless ``max_pixels`` is a positive int."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConfigError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+
+
+def _describe_pil(image: PIL.Image.Image) -> str:
+    """How error messages name a PIL image: its mode and size."""
+    return f"PIL image ({image.mode}, {image.size[0]}x{image.size[1]})"
 
 
 def _check_path(path: str | Path) -> Path:
@@ -134,9 +189,11 @@ def _check_size(width: int, height: int, what: str, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise InvalidImageError(f"{what} has size {width}x{height}; both sides must be at least 1 pixel")
     if width * height > max_pixels:
+        default = " (the library-wide default, images.DEFAULT_MAX_PIXELS)" if max_pixels == DEFAULT_MAX_PIXELS else ""
         raise ImageTooLargeError(
-            f"{what} is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}; "
-            "downscale it first or pass a larger max_pixels"
+            f"{what} is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}{default}; "
+            "downscale it first, or raise the limit: max_pixels= of load_image / ImageMemory.open, "
+            "or SeedX.max_pixels"
         )
 
 
@@ -173,7 +230,7 @@ def _decode(stream: BinaryIO, num_bytes: int, what: str, max_pixels: int) -> PIL
 
 
 def _from_pil(image: PIL.Image.Image, max_pixels: int) -> PIL.Image.Image:
-    what = f"PIL image ({image.mode}, {image.size[0]}x{image.size[1]})"
+    what = _describe_pil(image)
     _check_size(*image.size, what, max_pixels)
     try:
         current = image.tell()

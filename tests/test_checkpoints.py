@@ -579,3 +579,132 @@ def test_official_layout_with_a_custom_geometry_loads_with_config(tmp_path: Path
     _assert_subset_equal(parts, load_components(out, verify=True))
     with pytest.raises(ConfigError, match="SeedXConfig or a preset name"):
         convert_official(layout.root, tmp_path / "bad", config=3, allow_pickle=True)  # type: ignore[arg-type]
+
+
+# -- verified loading (issue 23, finding 1) -------------------------------------------------------------
+def _flip_one_mantissa_bit(path: Path, *, fraction: float = 0.5) -> None:
+    """Flip the lowest bit of one 16/32-bit float element in a safetensors file (the value stays finite)."""
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    start = 8 + header_len
+    header = json.loads(data[8:start])
+    _, info = max(
+        ((k, v) for k, v in header.items() if k != "__metadata__" and v["dtype"] in ("F16", "BF16", "F32")),
+        key=lambda kv: kv[1]["data_offsets"][1] - kv[1]["data_offsets"][0],
+    )
+    width = 4 if info["dtype"] == "F32" else 2
+    begin, end = info["data_offsets"]
+    element = int((end - begin) // width * fraction)
+    data[start + begin + element * width] ^= 0x01  # little endian: the lowest mantissa bit
+    path.write_bytes(bytes(data))
+
+
+def _mini_copy(tmp_path: Path) -> Path:
+    from seedx_agent.model import bundled_mini_path
+
+    return Path(shutil.copytree(bundled_mini_path(), tmp_path / "mini"))
+
+
+def test_from_pretrained_refuses_a_flipped_byte_by_default(tmp_path: Path) -> None:
+    from seedx_agent.errors import CorruptCheckpointError
+    from seedx_agent.model import SeedX
+
+    folder = _mini_copy(tmp_path)
+    weights = folder / "lvlm" / "seed-x-i.safetensors"
+    _flip_one_mantissa_bit(weights)
+    with pytest.raises(CorruptCheckpointError, match=r"seed-x-i\.safetensors.*sha256.*verify=False") as info:
+        SeedX.from_pretrained(folder)
+    assert info.value.path == str(weights) and isinstance(info.value, CheckpointError)
+    # Opting out loads the corrupted weights (one element differs from the bundled ones).
+    loaded = SeedX.from_pretrained(folder, verify=False)
+    bundled = SeedX.from_pretrained("mini")
+    different = [
+        key
+        for (key, a), (_, b) in zip(
+            loaded.parts.lvlms["seed-x-i"].state_dict().items(), bundled.parts.lvlms["seed-x-i"].state_dict().items()
+        )
+        if not torch.equal(a, b)
+    ]
+    assert len(different) == 1
+    # A truncated file fails on its size, before any hashing, naming the file.
+    vision = folder / "vision.safetensors"
+    vision.write_bytes(vision.read_bytes()[:-100])
+    with pytest.raises(CorruptCheckpointError, match=r"vision\.safetensors.*bytes where the manifest lists"):
+        load_components(folder)
+
+
+def test_verification_is_remembered_for_unchanged_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedx_agent import checkpoints
+    from seedx_agent.errors import CorruptCheckpointError
+
+    parts = build_components(TINY, tokenizer=SeedXTokenizer.tiny(), variants=("seed-x",))
+    folder = save_components(parts, tmp_path / "c")
+    hashed: list[str] = []
+    real = checkpoints._sha256
+    monkeypatch.setattr(checkpoints, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    checkpoints.verify_files(folder)
+    assert hashed == []  # save_components remembered what it wrote
+    checkpoints.clear_verified_files()
+    checkpoints.verify_files(folder)
+    listed = json.loads((folder / "manifest.json").read_text())["files"]
+    assert sorted(hashed) == sorted(PurePosixPath(p).name for p in listed)
+    hashed.clear()
+    load_components(folder)  # every file it reads was verified above and has not changed
+    assert hashed == []
+    vision = folder / "vision.safetensors"
+    os.utime(vision, ns=(vision.stat().st_atime_ns, vision.stat().st_mtime_ns + 1))  # "touched": hashed again
+    load_components(folder)
+    assert hashed == ["vision.safetensors"]
+    _flip_one_mantissa_bit(vision)  # rewritten in place, same size
+    with pytest.raises(CorruptCheckpointError, match=r"vision\.safetensors"):
+        load_components(folder)
+    load_components(folder, verify=False)  # opt out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, bad: float) -> None:
+    from seedx_agent.errors import NonFiniteWeightError
+    from seedx_agent.model import SeedX
+
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    key = "llm.model.layers.1.mlp.down_proj.weight"
+    with torch.no_grad():
+        model.parts.lvlms["seed-x-i"].state_dict()[key][3, 5] = bad
+    model.save_pretrained(tmp_path / "ckpt")  # the manifest's checksums match: only the finite check can tell
+    with pytest.raises(NonFiniteWeightError, match=re.escape(key)) as info:
+        SeedX.from_pretrained(tmp_path / "ckpt")
+    assert info.value.tensor == key and "seed-x-i.safetensors" in info.value.source
+    assert (info.value.nan, info.value.inf) == ((1, 0) if bad != bad else (0, 1))
+    assert isinstance(info.value, CheckpointError)
+    loaded = SeedX.from_pretrained(tmp_path / "ckpt", check_finite=False)  # opt out
+    assert not torch.isfinite(loaded.parts.lvlms["seed-x-i"].state_dict()[key]).all()
+
+
+def test_finite_check_of_the_official_layout(official: OfficialLayout, tmp_path: Path) -> None:
+    from seedx_agent.errors import NonFiniteWeightError
+
+    root = _linked_copy(official, tmp_path / "nan")
+    agent = OfficialLayout.discover(root).variants["seed-x-i"].agent
+    _rewrite_pickle(agent, lambda state: state[AGENT_KEY].view(-1)[0].fill_(float("nan")))
+    with pytest.raises(NonFiniteWeightError, match=re.escape(AGENT_KEY)):
+        load_official(OfficialLayout.discover(root), TINY, variants=("seed-x-i",), stages=(), allow_pickle=True)
+    load_official(
+        OfficialLayout.discover(root), TINY, variants=("seed-x-i",), stages=(), allow_pickle=True, check_finite=False
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_finite_check_is_exact_for_every_float_dtype(dtype: torch.dtype) -> None:
+    from seedx_agent.checkpoints import check_finite_weights
+
+    info = torch.finfo(dtype)
+    edge = torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, 0.0, -0.0] * 5, dtype=dtype)  # all finite
+    check_finite_weights({"edge": edge, "ids": torch.arange(3), "empty": torch.empty(0, dtype=dtype)}, source="t")
+    for bad, counts in ((float("nan"), "1 NaN and 0 infinite"), (float("-inf"), "0 NaN and 1 infinite")):
+        tensor = edge.clone()
+        tensor[-1] = bad
+        with pytest.raises(CheckpointError, match=f"'edge' of t holds {counts} values out of 30"):
+            check_finite_weights({"fine": edge, "edge": tensor}, source="t")
+        strided = torch.stack([edge, tensor], dim=1)[:, 1]  # not contiguous
+        with pytest.raises(CheckpointError, match="'s' of t"):
+            check_finite_weights({"s": strided}, source="t")

@@ -303,3 +303,54 @@ def test_size_is_checked_from_the_header_before_decoding() -> None:
             load_image(_png_header_only(10_000, 10_000), max_pixels=200_000_000)
         assert not isinstance(info.value, ImageTooLargeError)
     assert [str(w.message) for w in caught] == []
+
+
+# -- one pixel limit for the whole library (issue 23, finding 7) -----------------------------------------
+
+
+def test_one_pixel_limit_for_the_model_and_the_memory(tmp_path: Path) -> None:
+    """The same oversize image is refused by ``comprehend`` and ``ImageMemory.add`` with the same error."""
+    pytest.importorskip("chromadb")
+    from seedx_agent.memory import ImageMemory
+    from seedx_agent.memory import store as memory_store
+
+    from seedx_agent.images import DEFAULT_MAX_PIXELS, check_image_size
+    from seedx_agent.model import SeedX
+
+    assert memory_store.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS == 64_000_000  # defined once, in images.py
+    check_image_size((7900, 7900))  # the size of the issue's example (62.4 Mpx): within the one limit
+    header = _png_header_only(8001, 8000)  # 64.008 Mpx: one row over
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    embedder = lambda images: np.ones((len(images), 4), dtype=np.float32)  # noqa: E731 - never reached
+    with ImageMemory.open(tmp_path / "memory", image_embedder=embedder) as memory:
+        for source in (lambda: Image.open(io.BytesIO(header)), lambda: header):  # a lazy PIL image (no pixels), bytes
+            with pytest.raises(ImageTooLargeError) as by_model:
+                model.comprehend(source(), "What?")
+            with pytest.raises(ImageTooLargeError) as by_memory:
+                memory.add(source(), kind="input", namespace="u")
+            assert str(by_model.value) == str(by_memory.value)
+            message = str(by_model.value)
+            assert "8001x8000 = 64008000 pixels" in message and "max_pixels=64000000" in message
+            assert "DEFAULT_MAX_PIXELS" in message and "downscale it first" in message
+        assert memory.count() == 0
+    model.max_pixels = 100  # configurable per model (and per memory with ImageMemory.open(max_pixels=...))
+    with pytest.raises(ImageTooLargeError, match=r"20x20 = 400 pixels, more than max_pixels=100; downscale"):
+        model.comprehend(Image.new("RGB", (20, 20)), "What?")
+
+
+def test_check_image_size_and_source() -> None:
+    from seedx_agent.images import check_image_size, check_image_source
+
+    check_image_size(Image.new("RGB", (10, 10)), max_pixels=100)
+    with pytest.raises(ImageTooLargeError, match=r"^PIL image \(L, 11x10\) is 11x10 = 110 pixels.*max_pixels=100"):
+        check_image_size(Image.new("L", (11, 10)), max_pixels=100)
+    with pytest.raises(InvalidImageError, match="at least 1 pixel"):
+        check_image_size((0, 5))
+    with pytest.raises(ConfigError, match="max_pixels"):
+        check_image_size((5, 5), max_pixels=0)
+    for good in ("a.png", Path("a.png"), b"", Image.new("RGB", (1, 1)), np.zeros((1, 1))):
+        check_image_source(good)
+    with pytest.raises(InvalidImageError, match=r"^picture must be an image: a path .*; got None$"):
+        check_image_source(None, argument="picture")
+    with pytest.raises(InvalidImageError, match=r"cannot read an image from None; pass a path"):
+        load_image(None)  # type: ignore[arg-type]

@@ -145,3 +145,89 @@ def test_content_hash_tracks_pixels_and_grid(scene):
     assert a == preprocess(scene.copy(), vision, grids).content_hash
     assert a != preprocess(scene, vision, ("1x1",)).content_hash
     assert a != preprocess(scene.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT), vision, grids).content_hash
+
+
+# -- weights versions (issue 23, finding 4) ------------------------------------------------------------
+V_PROJ = "llm.model.layers.0.self_attn.v_proj.weight"
+
+
+def _change_weights(model, how):
+    """Change one weight in place, the way ``how`` names; returns nothing (the model is modified)."""
+    lvlm = model.parts.lvlms["seed-x-i"]
+    param = lvlm.get_parameter(V_PROJ)
+    if how == "load_state_dict":
+        lvlm.load_state_dict({V_PROJ: param.detach() * -2.0 + 0.05}, strict=False)
+    elif how == "data.add_":  # autograd's version counter does not see writes through .data
+        param.data.add_(0.05)
+    elif how == "no_grad add_":
+        with torch.no_grad():
+            param.add_(0.05)
+    elif how == "vision data.mul_":
+        model.parts.vision.conv1.weight.data.mul_(-1.5)
+    elif how == "one element":  # the smallest change: one element by one ulp
+        flat = param.data.view(-1)
+        flat[7] = torch.nextafter(flat[7], torch.tensor(float("inf")))
+    elif how == "replaced":  # a new tensor object (e.g. load_state_dict(assign=True), a LoRA merge)
+        param.data = param.data * 0.5
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["load_state_dict", "data.add_", "no_grad add_", "vision data.mul_", "one element", "replaced"]
+)
+def test_changed_weights_never_reuse_a_stale_prefix(scene, how):
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))  # its own: the weights get changed
+    opts = GenerationOptions(max_new_tokens=10)
+    before = _run(model, scene, QUESTIONS[0], opts)
+    assert len(model.prefix_cache) == 1
+    _change_weights(model, how)
+    hits = model.prefix_cache.stats.hits
+    after = _run(model, scene, QUESTIONS[0], opts)
+    plain = _run(model, scene, QUESTIONS[0], opts.model_copy(update={"prefix_cache": False}))
+    assert model.prefix_cache.stats.hits == hits  # not served from the old entry...
+    assert model.prefix_cache.stats.invalidations == 1 and len(model.prefix_cache) == 1  # ...which was dropped
+    assert after.token_ids == plain.token_ids
+    for (k1, v1), (k2, v2) in zip(_kv(after.cache), _kv(plain.cache), strict=True):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)  # bit for bit the uncached answer
+    if how != "one element":  # a stale prefix would have been visibly different
+        assert not all(torch.equal(v1, v2) for (_, v1), (_, v2) in zip(_kv(before.cache), _kv(after.cache)))
+    again = _run(model, scene, QUESTIONS[1], opts)  # unchanged since: the new entry is reused
+    assert model.prefix_cache.stats.hits == hits + 1 and again.token_ids
+
+
+def test_comprehend_after_load_state_dict_equals_an_uncached_answer(scene):
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    opts = GenerationOptions(max_new_tokens=8)
+    first = model.comprehend(scene, QUESTIONS[0], options=opts)
+    other = SeedX.from_preset("tiny-random", variants=("seed-x-i",), seed=1)  # e.g. a fine-tuned copy
+    model.parts.lvlms["seed-x-i"].load_state_dict(other.parts.lvlms["seed-x-i"].state_dict())
+    model.parts.vision.load_state_dict(other.parts.vision.state_dict())
+    cached = model.comprehend(scene, QUESTIONS[0], options=opts)
+    uncached = model.comprehend(scene, QUESTIONS[0], options=opts.model_copy(update={"prefix_cache": False}))
+    assert cached.token_ids == uncached.token_ids == other.comprehend(scene, QUESTIONS[0], options=opts).token_ids
+    assert first.token_ids != cached.token_ids  # the change matters, so stale reuse would show
+
+
+def test_weights_version_and_invalidate_caches(scene):
+    from seedx_agent.kv_cache import weights_version
+
+    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    version = model.weights_version()
+    assert version == model.weights_version() == weights_version([model.parts.vision, model.parts.lvlms["seed-x-i"]])
+    negative = model.negative_features(pooled=False).clone()
+    model.parts.vision.ln_pre.bias.data.add_(0.5)  # the CFG negative (zero image through the ViT) is stale now
+    assert model.weights_version() != version
+    assert not torch.equal(model.negative_features(pooled=False), negative)
+    size = model.config.vision.image_size
+    assert torch.equal(model.negative_features(pooled=False), model.encode_crops(torch.zeros(1, 3, size, size)))
+    model.comprehend(scene, QUESTIONS[0], options=GenerationOptions(max_new_tokens=2))
+    assert len(model.prefix_cache) == 1 and model._negative_cache
+    model.invalidate_caches()
+    assert len(model.prefix_cache) == 0 and not model._negative_cache
+    store = PrefixKVCache(content_check=False)
+    assert store.sync_weights("m", "v1") == 0
+    store.put(store.make_key("m", "img", [1, 2], "v1"), _fake_cache(64))
+    store.put(store.make_key("n", "img", [1, 2], "v1"), _fake_cache(64))
+    assert store.sync_weights("m", "v1") == 0 and store.sync_weights("m", "v2") == 1
+    assert len(store) == 1 and store.stats.invalidations == 1 and store.stats.bytes == 64

@@ -1,5 +1,6 @@
 """End to end on tiny-random: every ability of the facade, its errors, and the engine."""
 
+import re
 import threading
 
 import numpy as np
@@ -302,3 +303,37 @@ def test_from_pretrained_refuses_a_config_that_does_not_match(tmp_path):
     assert resolve_config(None) == SeedXConfig.from_preset("seed-x-i")
     assert resolve_config("seed-x-edit", preset="seed-x-i").variant == "seed-x-edit"  # same geometry
     assert resolve_config(custom) is custom
+
+
+# -- None and non-images (issue 23, finding 3) ---------------------------------------------------------
+ACCEPTED = re.escape("a path (str or pathlib.Path)") + ".*PIL.Image.Image.*numpy array"
+
+
+@pytest.mark.parametrize("bad", [None, 42, {"path": "x.png"}, 1.5])
+def test_every_ability_refuses_non_images_naming_the_argument(model, scene, bad):
+    got = "None" if bad is None else f"a {type(bad).__name__}"
+    calls = [
+        ("images", lambda: model.comprehend(bad, "What?")),
+        ("images[1]", lambda: model.comprehend([scene, bad], "What?")),
+        ("image", lambda: model.ground(bad, "the square")),
+        ("image", lambda: model.edit_image(bad, "Make it blue.")),
+        ("image", lambda: model.reconstruct(bad)),
+        ("messages[0].images[0]", lambda: model.chat([ChatMessage("user", "Hi", [bad])])),
+        ("context[0]", lambda: model.generate_image("a cat", context=[bad])),
+        ("images", lambda: model.image_embeddings(bad)),
+    ]
+    if bad is not None:  # images=None in a chat message means "no images"
+        messages = [ChatMessage("user", "Hi"), ChatMessage("user", "?", bad)]
+        calls.append(("messages[1].images", lambda: model.chat(messages)))
+    for argument, call in calls:
+        pattern = f"^{re.escape(argument)} must be an image: {ACCEPTED}; got {re.escape(got)}$"
+        with pytest.raises(InvalidImageError, match=pattern):
+            call()
+
+
+def test_a_single_image_in_a_chat_message_is_one_image(model, scene):
+    opts = GenerationOptions(max_new_tokens=3)
+    single = model.chat([ChatMessage("user", "What is this?", scene)], options=opts)  # type: ignore[arg-type]
+    listed = model.chat([ChatMessage("user", "What is this?", [scene])], options=opts)
+    assert single.raw_text == listed.raw_text
+    assert model.chat([ChatMessage("user", "Hi", None)], options=opts).text is not None  # type: ignore[arg-type]
