@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_stream_writer
@@ -27,6 +27,7 @@ from langgraph.graph.state import CompiledStateGraph
 from seedx_agent.memory import ImageMemory, ImageRecord
 from seedx_agent.memory.records import validate_namespace
 from seedx_agent.tools import SeedXToolbox
+from typing_extensions import TypedDict
 
 from seedx_agent.errors import ConfigError, InvalidPromptError
 
@@ -298,9 +299,9 @@ def _notes(slide: dict[str, Any]) -> str:
 def make_slides_graph() -> CompiledStateGraph:
     """Zero-argument factory for ``langgraph.json`` (``SEEDX_MODEL``, ``SEEDX_MEMORY_DIR``, ``SEEDX_PLANNER``,
     ``SEEDX_SLIDES_OUT``)."""
-    from .runtime import engine_and_memory_from_env, planner_from_env
+    from seedx_agent.graphs.runtime import planner_from_env, shared_engine_and_memory_from_env
 
-    engine, memory = engine_and_memory_from_env()
+    engine, memory = shared_engine_and_memory_from_env()  # loaded once per process, then shared
     return create_slides_graph(
         engine,
         memory,

@@ -26,7 +26,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_stream_writer
@@ -34,6 +34,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from seedx_agent.memory import ImageMemory, ImageRecord
 from seedx_agent.tools import SeedXToolbox
+from typing_extensions import TypedDict
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError, InvalidPromptError
@@ -394,9 +395,9 @@ def _write_storyboard(out: Path, state: StoryState) -> tuple[Path, Path]:
 def make_story_graph() -> CompiledStateGraph:
     """Zero-argument factory for ``langgraph.json``: model, memory and planner from the environment (see
     ``runtime``), pictures into ``SEEDX_STORY_OUT`` (default ``outputs/story``)."""
-    from .runtime import engine_and_memory_from_env, planner_from_env
+    from seedx_agent.graphs.runtime import planner_from_env, shared_engine_and_memory_from_env
 
-    engine, memory = engine_and_memory_from_env()
+    engine, memory = shared_engine_and_memory_from_env()  # loaded once per process, then shared
     return create_story_graph(
         engine,
         memory,

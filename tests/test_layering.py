@@ -36,6 +36,7 @@ PRODUCT = {
     "seedx_agent.tools": ROOT / "tools",
     "seedx_agent.memory": ROOT / "memory",
     "seedx_agent.graphs": ROOT / "graphs",
+    "seedx_agent.serving": ROOT / "serving",
 }
 PLUG_INS = ("seedx_agent.miniature", "seedx_agent.training")
 
