@@ -292,10 +292,10 @@ def make_chat_graph() -> CompiledStateGraph:
     """
     import os
 
-    from seedx_agent.graphs.runtime import engine_and_memory_from_env
+    from seedx_agent.graphs.runtime import shared_engine_and_memory_from_env
     from seedx_agent.tools import make_seedx_tools
 
-    engine, memory = engine_and_memory_from_env()
+    engine, memory = shared_engine_and_memory_from_env()  # loaded once per process, then shared
     namespace = os.environ.get("SEEDX_NAMESPACE", "server")
     return create_chat_agent(
         seedx_planner(engine, memory, namespace),

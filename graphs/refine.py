@@ -223,9 +223,9 @@ def create_refine_graph(
 def make_refine_graph() -> CompiledStateGraph:
     """LangGraph server entry point: the refine graph over ``SEEDX_MODEL`` / ``SEEDX_MEMORY_DIR`` /
     ``SEEDX_PLANNER`` (rounds from ``SEEDX_REFINE_ROUNDS``, default 3)."""
-    from seedx_agent.graphs.runtime import engine_and_memory_from_env, planner_from_env
+    from seedx_agent.graphs.runtime import planner_from_env, shared_engine_and_memory_from_env
 
-    engine, memory = engine_and_memory_from_env()
+    engine, memory = shared_engine_and_memory_from_env()  # loaded once per process, then shared
     return create_refine_graph(
         engine,
         memory,

@@ -7,6 +7,12 @@ like any other plug-in) or ``module:attr`` (an importable chat model, planner ob
 ``--model`` / ``SEEDX_MODEL`` is a spec for ``SeedX.load``: ``"mini"`` (the bundled trained miniature), a preset
 name such as ``"tiny-random"`` (random weights) or a checkpoint folder. Only ``"mini"`` falls back (to
 ``"tiny-random"``, with a warning) when its weights are not bundled yet; any other spec fails loudly.
+
+Servers (the LangGraph server's zero-argument graph factories, the OpenAI-compatible API) share one engine per
+model spec and one memory per folder for the whole process: ``shared_engine`` / ``shared_engine_and_memory``
+load them once under a module-level lock, and every later call (any thread) gets the same objects. A memory
+folder can be open only once per process, so a second ``open_memory`` of the same folder would fail with
+``MemoryLockedError``; the shared one never does.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,9 @@ __all__ = [
     "load_planner",
     "open_memory",
     "planner_from_env",
+    "shared_engine",
+    "shared_engine_and_memory",
+    "shared_engine_and_memory_from_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +88,62 @@ def engine_and_memory_from_env() -> tuple[SeedXEngine, ImageMemory]:
     engine = load_engine(os.environ.get("SEEDX_MODEL", DEFAULT_MODEL))
     memory = open_memory(os.environ.get("SEEDX_MEMORY_DIR", str(DEFAULT_MEMORY_DIR)), engine)
     return engine, memory
+
+
+# ---------------------------------------------------------------------------------------------- process-wide sharing
+
+# One lock for every load: loading is rare, and two threads asking for the same model must not load it twice.
+_SHARED_LOCK = threading.Lock()
+_SHARED_ENGINES: dict[str, SeedXEngine] = {}
+_SHARED_MEMORIES: dict[Path, tuple[ImageMemory, SeedXEngine]] = {}
+
+
+def _memory_root(root: str | Path) -> Path:
+    return Path(root).expanduser().resolve()
+
+
+def shared_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
+    """The process's engine for ``spec``: loaded on the first call (``load_engine``), the same object afterwards.
+
+    Thread-safe; blocking while the model loads, so an asyncio caller runs it in a worker thread."""
+    key = str(spec)
+    with _SHARED_LOCK:
+        engine = _SHARED_ENGINES.get(key)
+        if engine is None:
+            logger.info("loading the shared engine for model %r", key)
+            engine = _SHARED_ENGINES[key] = load_engine(spec)
+        return engine
+
+
+def shared_engine_and_memory(spec: str | Path, memory_root: str | Path) -> tuple[SeedXEngine, ImageMemory]:
+    """The process's engine for ``spec`` and its memory at ``memory_root``, each opened once (thread-safe).
+
+    A folder already shared with another model's engine is a ``ConfigError`` (its image embeddings would mix)."""
+    engine = shared_engine(spec)
+    root = _memory_root(memory_root)
+    with _SHARED_LOCK:
+        found = _SHARED_MEMORIES.get(root)
+        if found is not None and found[0].closed:  # closed by its user: open it again
+            found = None
+        if found is None:
+            memory = open_memory(root, engine)
+            _SHARED_MEMORIES[root] = (memory, engine)
+            return engine, memory
+        memory, owner = found
+    if owner is not engine:
+        raise ConfigError(
+            f"the image memory at {root} is already shared in this process with another model; give model "
+            f"{str(spec)!r} its own memory folder (SEEDX_MEMORY_DIR)"
+        )
+    return engine, memory
+
+
+def shared_engine_and_memory_from_env() -> tuple[SeedXEngine, ImageMemory]:
+    """``shared_engine_and_memory`` of ``SEEDX_MODEL`` (default ``mini``) and ``SEEDX_MEMORY_DIR`` (default under
+    ~/.cache): what the LangGraph server's graph factories run on, loaded once per process."""
+    return shared_engine_and_memory(
+        os.environ.get("SEEDX_MODEL", DEFAULT_MODEL), os.environ.get("SEEDX_MEMORY_DIR", str(DEFAULT_MEMORY_DIR))
+    )
 
 
 # Named plug-ins: a name is resolved like ``module:attr`` (imported only when asked for).
