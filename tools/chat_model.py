@@ -33,65 +33,85 @@ written; every call gets an id ``call_<hex>``. With ``copy_arguments`` on (the d
 calls are decoded under ``seedx_agent.copy_arguments.CopyArguments``: valid JSON, a bound tool's name, and
 free-text arguments (phrase, instruction, prompt, query, question) quoted from the user's turns.
 
-Output. An ``AIMessage`` with the display text (SEED-X tags and tool-call spans removed); generated images
-are stored in memory (``kind="generated"``) and added as ``{"type": "image", "file_id": ...}`` blocks;
+Output. An ``AIMessage`` with the display text (SEED-X tags and tool-call spans removed); generated images are
+stored in memory (``kind="generated"``) and added as ``{"type": "image", "file_id": ...}`` blocks;
 ``response_metadata`` holds ``boxes`` (pixel xyxy on the conversation's first input image), ``image_ids``,
-``seed`` and ``raw_text``. ``_stream`` yields text deltas while the decode loop runs, then one last chunk with
-the images, tool calls and metadata; their concatenated text equals ``invoke``'s for the same (greedy) call.
+``seed``, ``raw_text`` and ``finish_reason`` (``stop``, or ``length`` when the token budget ran out).
+``_stream`` yields text deltas while the decode loop runs, then one last chunk with the images, tool calls and
+metadata; their concatenated text equals ``invoke``'s for the same (greedy) call.
+
+Input. AI messages in the history may also carry tool calls as other providers write them (Anthropic
+``tool_use`` blocks, OpenAI ``function_call`` blocks or ``additional_kwargs``); ``chat_rendering`` reads them.
+
+Parameters. ``model``/``model_name`` names the engine's model (another name raises: a ``ChatSeedX`` serves the
+engine it is given), ``max_tokens`` (alias of ``max_new_tokens``), ``temperature`` (0: greedy), ``top_p`` and
+``seed`` (sampling), ``stop`` (decoding ends at the first stop string, which is cut off; a per-call ``stop``
+replaces it) and ``streaming``; ``image_output="off"`` masks ``<img>`` while decoding, so the answer is text
+and no budget goes to an image block. Unknown fields raise a ``ValidationError`` naming them; network-client
+fields (``timeout``, ``max_retries``, ``api_key``) are refused the same way: the model runs in this process.
+
+Forced tool calls. ``tool_choice="any"``/``"required"`` or a tool name is enforced while decoding
+(``CopyArguments`` with ``schemas``): the answer opens with ``<tool_call>``, the name is a bound tool's (the
+named one), and the arguments are JSON valid under that tool's schema, in ``json.dumps`` layout; the call is
+closed in time within the token budget (``max_tokens``; unset, at least ``COMPACT_MAX_NEW_TOKENS``). A forced
+answer is one call (``bind_tools(..., parallel_tool_calls=True)``: one or more, one per line, and no text).
+``with_structured_output(schema)`` binds the schema as the one tool with ``tool_choice="any"`` and stops after
+that call; every ``method`` (``function_calling``, ``json_schema``, ``json_mode``) takes this path.
+``tool_choice="auto"`` (or None) leaves the choice to the model, with ``CopyArguments`` as before.
+
+Usage. ``usage_metadata`` (on ``invoke``'s message and on the last stream chunk): ``input_tokens`` is the
+length of the prompt ``SeedX.chat`` feeds (image placeholders included), ``output_tokens`` the number of
+tokens the decoder produced (image blocks and the final EOS included).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import difflib
 import json
 import logging
 import queue
-import re
 import secrets
 import threading
-import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import PIL.Image
+import torch
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    InvalidToolCall,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-)
-from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, InvalidToolCall, ToolCall
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, field_validator, model_validator
-from seedx_agent.memory import ImageMemory, UnknownImageError
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+from seedx_agent.memory import ImageMemory
 from seedx_agent.memory.records import validate_namespace
 
-from seedx_agent.copy_arguments import CopyArguments
-from seedx_agent.decoding import GenerationOptions
+from seedx_agent import prompts
+from seedx_agent.anyres import parse_grids, select_grid
+from seedx_agent.copy_arguments import FREE_TEXT_ARGUMENTS, CopyArguments, copy_sources
+from seedx_agent.decoding import GenerationOptions, LogitsProcessor
 from seedx_agent.engine import SeedXEngine
-from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError, InvalidPromptError
+from seedx_agent.errors import CapabilityMissingError, ConfigError
 from seedx_agent.images import load_image
-from seedx_agent.model import ChatMessage
-from seedx_agent.tokens import strip_tags
-from seedx_agent.tool_protocol import (
-    TOOL_RESULT_END,
-    TOOL_RESULT_NOTE,
-    IdAliases,
-    SpecStyle,
-    system_preamble,
-    tool_call_text,
-    tool_result_text,
-    tool_specs_text,
+from seedx_agent.model import ChatMessage, SeedX
+from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_RESULT_END, TOOL_RESULT_NOTE, IdAliases, SpecStyle
+
+from .chat_rendering import (
+    ParsedToolCalls,
+    UnsupportedContentError,
+    _cut_at_stop,
+    load_image_block,
+    parse_tool_calls,
+    render_messages,
+    render_tool_call,
+    render_tool_result,
+    render_tool_specs,
+    tool_choice_name,
+    visible_text,
 )
 
 __all__ = [
@@ -100,403 +120,88 @@ __all__ = [
     "ChatSeedX",
     "ParsedToolCalls",
     "UnsupportedContentError",
+    "load_image_block",
     "parse_tool_calls",
+    "prompt_token_count",
     "render_messages",
+    "render_tool_call",
+    "render_tool_result",
     "render_tool_specs",
+    "visible_text",
 ]
 
 logger = logging.getLogger(__name__)
 
 _SEED_LIMIT = 2**31
 _STORED_PROMPT_CHARS = 500
-_OPEN_RE = re.compile(r"<\s*tool_call\s*>", re.IGNORECASE)
-_CALL_RE = re.compile(r"<\s*tool_call\s*>(.*?)<\s*/\s*tool_call\s*>", re.IGNORECASE | re.DOTALL)
-_FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
-_SKIPPED_AI_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning"})
+# Constructor fields of network chat models that mean nothing here (the model runs in this process).
+_CLIENT_FIELDS = frozenset(
+    {"timeout", "request_timeout", "max_retries", "api_key", "base_url", "api_base", "organization", "http_client"}
+)
 
 
-class UnsupportedContentError(InvalidPromptError):
-    """A message holds content ChatSeedX cannot read (a non-image block, an http URL, an unknown message type)."""
+# ---------------------------------------------------------------------------------------------- token counts
 
 
-# ---------------------------------------------------------------------------------------------- input content
+def prompt_token_count(model: SeedX, turns: Sequence[ChatMessage]) -> int:
+    """Length of the prompt ``model.chat(turns)`` feeds the LLM: the same template (``prompts.chat_prompt``),
+    each image as the placeholders of its any-res tiles, the same tokenizer call."""
+    config = model.config
+    side = config.vision.image_size
+    candidates = parse_grids(config.anyres.grids, side)
+    prompt_turns = []
+    for turn in turns:
+        tiles = []
+        for image in turn.images:
+            size = image.size if isinstance(image, PIL.Image.Image) else load_image(image).size
+            width, height = select_grid(size, candidates)
+            tiles.append((width // side) * (height // side))
+        prompt_turns.append(prompts.Turn(turn.role, turn.text, tuple(tiles)))
+    prompt = prompts.chat_prompt("seed-x-i", prompt_turns, config.lvlm.num_image_tokens)
+    ids, _ = model.tokenizer.encode_segments_with_mask(prompt.segments, add_bos=True)
+    return len(ids)
 
 
-def load_image_block(block: Mapping[str, Any], *, memory: ImageMemory, namespace: str, where: str) -> PIL.Image.Image:
-    """Pixels of one v1 image block: a memory ``file_id``, ``base64`` data or a ``data:`` URL (never fetched)."""
-    mime_type = block.get("mime_type")
-    if mime_type is not None and not str(mime_type).startswith("image/"):
-        raise UnsupportedContentError(f"{where}: mime_type {mime_type!r} is not an image type; use image/png etc.")
-    if block.get("file_id") is not None:
-        image_id = block["file_id"]
-        try:
-            return memory.load(image_id, namespace=namespace)
-        except UnknownImageError as error:
-            raise type(error)(
-                f"{where}: {error}. Use an image id issued by the memory in namespace {namespace!r}", image_id=image_id
-            ) from error
-    try:
-        if block.get("base64") is not None:
-            data = block["base64"]
-            if not isinstance(data, str):
-                raise InvalidImageError(f"base64 data must be a string, got {type(data).__name__}")
-            try:
-                raw = base64.b64decode("".join(data.split()), validate=True)
-            except (binascii.Error, ValueError) as error:
-                raise InvalidImageError(f"invalid base64 image data ({error}); encode the image bytes") from error
-            return load_image(raw)
-        url = block.get("url")
-        if url is not None:
-            if not isinstance(url, str) or not url.startswith("data:"):
-                shown = str(url)[:80]
-                raise UnsupportedContentError(
-                    f"{where}: image URL {shown!r} is not read: images are never downloaded. Pass the bytes as "
-                    "base64 (a data: URL or a 'base64' block) or a memory image id as 'file_id'"
-                )
-            return load_image(url)
-    except InvalidImageError as error:
-        raise type(error)(f"{where}: {error}") from error
-    raise UnsupportedContentError(f"{where}: image block {dict(block)!r:.120} has no 'file_id', 'base64' or 'url'")
+# ---------------------------------------------------------------------------------------------- logits processors
 
 
-def _image_block(block: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The v1 image block in ``block``, also for the legacy ``image_url`` whose value is a bare string."""
-    if block.get("type") == "image":
-        return block
-    if block.get("type") == "non_standard":
-        value = block.get("value")
-        if isinstance(value, Mapping) and value.get("type") == "image_url":
-            inner = value.get("image_url")
-            url = inner.get("url") if isinstance(inner, Mapping) else inner
-            return {"type": "image", "url": url}
-    return None
+class _StopAt:
+    """Ends decoding (only EOS) once the decoded text contains one of ``stops``."""
+
+    def __init__(self, model: SeedX, stops: Sequence[str]) -> None:
+        self._decode = model.tokenizer.decode
+        self._eos = model.ids.eos
+        self._stops = [stop for stop in stops if stop]
+
+    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        text = self._decode(generated)
+        if not any(stop in text for stop in self._stops):
+            return logits
+        ended = torch.full_like(logits, float("-inf"))
+        ended[self._eos] = 0.0
+        return ended
 
 
-def _block_type(block: Mapping[str, Any]) -> str:
-    value = block.get("value")
-    if block.get("type") == "non_standard" and isinstance(value, Mapping):
-        return str(value.get("type"))
-    return str(block.get("type"))
+def _mask_token(token: int) -> LogitsProcessor:
+    def mask(generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        logits[token] = float("-inf")
+        return logits
+
+    return mask
 
 
-def _read_content(
-    message: BaseMessage, where: str, *, memory: ImageMemory, namespace: str, allow_images: bool
-) -> tuple[str, list[PIL.Image.Image]]:
-    """Text (blocks joined by newlines) and images of a human, system or tool message."""
-    texts: list[str] = []
-    images: list[PIL.Image.Image] = []
-    for index, block in enumerate(message.content_blocks):
-        here = f"{where}, content block {index}"
-        if block.get("type") == "text":
-            texts.append(str(block.get("text", "")))
-            continue
-        image = _image_block(block)
-        if image is None:
-            raise UnsupportedContentError(
-                f"{here}: content block type {_block_type(block)!r} is not supported; send text blocks and image "
-                "blocks ({'type': 'image', 'base64'|'url': 'data:...'|'file_id': 'img_...'})"
-            )
-        if not allow_images:
-            raise UnsupportedContentError(
-                f"{here}: {type(message).__name__} cannot carry images; put them in a human message"
-            )
-        images.append(load_image_block(image, memory=memory, namespace=namespace, where=here))
-    return "\n".join(text for text in texts if text), images
+def _chain(processors: Sequence[LogitsProcessor]) -> LogitsProcessor | None:
+    """One processor applying ``processors`` in order (None when there are none; the one when alone)."""
+    if len(processors) <= 1:
+        return processors[0] if processors else None
 
+    def chained(generated: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        for processor in processors:
+            logits = processor(generated, logits)
+        return logits
 
-# ---------------------------------------------------------------------------------------------- rendering
-
-
-def render_tool_result(message: ToolMessage, text: str) -> str:
-    """A tool message's text as a delimited DATA block (see the module docstring)."""
-    return tool_result_text(message.name, message.tool_call_id, message.status, text)
-
-
-def render_tool_call(call: ToolCall) -> str:
-    """One tool call in the protocol's wire form."""
-    return tool_call_text(call["name"], call["args"])
-
-
-def _tool_choice_name(tool_choice: Any) -> str | None:
-    """Normalise ``tool_choice`` to None/"any"/"none"/a tool name; raise for anything else."""
-    if tool_choice is None or tool_choice == "auto" or tool_choice is False:
-        return None
-    if tool_choice in ("any", "required") or tool_choice is True:
-        return "any"
-    if tool_choice == "none":
-        return "none"
-    if isinstance(tool_choice, str):
-        return tool_choice
-    if isinstance(tool_choice, Mapping):
-        function = tool_choice.get("function")
-        name = function.get("name") if isinstance(function, Mapping) else tool_choice.get("name")
-        if isinstance(name, str):
-            return name
-    raise ConfigError(
-        f"tool_choice {tool_choice!r} is not supported; use None/'auto', 'any'/'required', 'none' or a tool name"
-    )
-
-
-def render_tool_specs(
-    tools: Sequence[Mapping[str, Any]], tool_choice: str | None = None, style: SpecStyle = "full"
-) -> str:
-    """The tool section of the system preamble: ``full`` specs or ``compact`` signatures, then the protocol."""
-    return tool_specs_text(tools, tool_choice, style)
-
-
-def _assistant_text(message: AIMessage, where: str) -> str:
-    parts: list[str] = []
-    for index, block in enumerate(message.content_blocks):
-        kind = block.get("type")
-        if kind == "text":
-            parts.append(str(block.get("text", "")))
-        elif kind == "image":
-            parts.append(f"[image {block.get('file_id') or 'without id'}]")
-        elif kind not in _SKIPPED_AI_BLOCKS:
-            raise UnsupportedContentError(
-                f"{where}, content block {index}: AI content block type {kind!r} is not supported; AI messages "
-                "may hold text and memory image ids"
-            )
-    text = " ".join(part.strip() for part in parts if part.strip())
-    calls = "\n".join(render_tool_call(call) for call in message.tool_calls)
-    return "\n".join(part for part in (text, calls) if part)
-
-
-def render_messages(
-    messages: Sequence[BaseMessage],
-    *,
-    memory: ImageMemory,
-    namespace: str,
-    tools: Sequence[Mapping[str, Any]] = (),
-    tool_choice: str | None = None,
-    tool_specs: SpecStyle = "full",
-) -> list[ChatMessage]:
-    """LangChain messages -> SEED-X ``ChatMessage`` turns (see the module docstring); images from memory/data."""
-    system_parts: list[str] = []
-    turns: list[ChatMessage] = []
-    pending_text: list[str] = []
-    pending_images: list[PIL.Image.Image] = []
-
-    def flush_user() -> None:
-        if pending_text or pending_images:
-            turns.append(ChatMessage("user", "\n\n".join(pending_text), tuple(pending_images)))
-            pending_text.clear()
-            pending_images.clear()
-
-    for index, message in enumerate(messages):
-        where = f"message {index} ({type(message).__name__})"
-        if isinstance(message, SystemMessage):
-            text, _ = _read_content(message, where, memory=memory, namespace=namespace, allow_images=False)
-            system_parts.append(text)
-        elif isinstance(message, HumanMessage):
-            text, images = _read_content(message, where, memory=memory, namespace=namespace, allow_images=True)
-            pending_text.extend([text] if text else [])
-            pending_images.extend(images)
-        elif isinstance(message, ToolMessage):
-            text, images = _read_content(message, where, memory=memory, namespace=namespace, allow_images=True)
-            pending_text.append(render_tool_result(message, text))
-            pending_images.extend(images)
-        elif isinstance(message, AIMessage):
-            flush_user()
-            turns.append(ChatMessage("assistant", _assistant_text(message, where)))
-        else:
-            raise UnsupportedContentError(
-                f"{where}: message type {type(message).__name__} is not supported; use System, Human, AI or Tool "
-                "messages"
-            )
-    flush_user()
-    if not turns or turns[-1].role != "user":
-        raise InvalidPromptError(
-            "the conversation must end with a human or tool message (SEED-X answers the last user turn); "
-            f"got {len(messages)} message(s) ending with {type(messages[-1]).__name__ if messages else 'nothing'}"
-        )
-    if turns[0].role != "user":
-        raise InvalidPromptError("the conversation must start with a human message (after any system messages)")
-    if tools and tool_choice != "none":
-        system_parts.append(render_tool_specs(tools, tool_choice, tool_specs))
-    preamble = system_preamble(system_parts)
-    if preamble:
-        first = turns[0]
-        turns[0] = ChatMessage("user", preamble + first.text, first.images)
-    return turns
-
-
-# ---------------------------------------------------------------------------------------------- tool-call parser
-
-
-@dataclass
-class ParsedToolCalls:
-    """A model answer split into its text (tool-call spans removed) and the calls found in it."""
-
-    text: str
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
-
-
-def _jsonish_to_json(text: str) -> str:
-    """Rewrite near-JSON (single quotes, Python literals, bare keys, trailing commas) as JSON."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char in "\"'":
-            j, piece = i + 1, []
-            while j < n and text[j] != char:
-                if text[j] == "\\" and j + 1 < n:
-                    piece.append("'" if (char == "'" and text[j + 1] == "'") else text[j : j + 2])
-                    j += 2
-                    continue
-                piece.append('\\"' if (text[j] == '"' and char == "'") else text[j])
-                j += 1
-            out.append('"' + "".join(piece) + '"')
-            i = j + 1
-            continue
-        if char == ",":
-            k = i + 1
-            while k < n and text[k].isspace():
-                k += 1
-            if k < n and text[k] in "}]":
-                i += 1
-                continue
-        if char.isalpha() or char == "_":
-            word = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i:]).group(0)  # type: ignore[union-attr]
-            rest = text[i + len(word) :].lstrip()
-            if rest.startswith(":"):
-                out.append(json.dumps(word))
-            else:
-                out.append({"True": "true", "False": "false", "None": "null"}.get(word, word))
-            i += len(word)
-            continue
-        out.append(char)
-        i += 1
-    return "".join(out)
-
-
-def _lenient_json(text: str) -> Any:
-    try:
-        return json.loads(text, strict=False)
-    except ValueError:
-        return json.loads(_jsonish_to_json(text), strict=False)
-
-
-def _call_objects(body: str) -> list[Any]:
-    """The call object(s) in one span body; raises ValueError when no JSON object can be read."""
-    body = _FENCE_RE.sub("", body.strip())
-    starts = [i for i in (body.find("{"), body.find("[")) if i >= 0]
-    if not starts:
-        raise ValueError("no JSON object found")
-    start = min(starts)
-    end = max(body.rfind("}"), body.rfind("]"))
-    value = _lenient_json(body[start : end + 1] if end > start else body[start:])
-    calls = value if isinstance(value, list) else [value]
-    if not calls or not all(isinstance(call, Mapping) for call in calls):
-        raise ValueError(f"a tool call must be a JSON object (or a list of them), got {value!r:.80}")
-    return calls
-
-
-def _check_call(obj: Any, tool_names: Collection[str] | None) -> tuple[str, dict[str, Any]]:
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"a tool call must be a JSON object, got {type(obj).__name__}")
-    function = obj.get("function")
-    if isinstance(function, Mapping):  # OpenAI shape {"function": {"name", "arguments"}}
-        obj = function
-    name = obj.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError('the call has no "name"')
-    args = next((obj[key] for key in ("args", "arguments", "parameters") if key in obj), {})
-    if isinstance(args, str):
-        args = _lenient_json(args) if args.strip() else {}
-    if not isinstance(args, Mapping):
-        raise ValueError(f'"args" must be a JSON object, got {type(args).__name__}')
-    name = name.strip()
-    if tool_names is not None and name not in tool_names:
-        raise ValueError(f"unknown tool {name!r}; available tools: {sorted(tool_names)}")
-    return name, dict(args)
-
-
-def _new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-def parse_tool_calls(text: str, tool_names: Collection[str] | None = None) -> ParsedToolCalls:
-    """Every ``<tool_call>{...}</tool_call>`` span of ``text`` (an unclosed last one included) as tool calls.
-
-    Calls naming a tool outside ``tool_names`` (when given) or that cannot be read become invalid calls whose
-    ``args`` is the span as written. The returned ``text`` is ``text`` with the spans removed.
-    """
-    spans: list[tuple[str, str]] = []  # (markup as written, body)
-    kept: list[str] = []
-    position = 0
-    for match in _CALL_RE.finditer(text):
-        kept.append(text[position : match.start()])
-        spans.append((match.group(0), match.group(1)))
-        position = match.end()
-    rest = text[position:]
-    unclosed = _OPEN_RE.search(rest)
-    if unclosed is not None:
-        kept.append(rest[: unclosed.start()])
-        spans.append((rest[unclosed.start() :], rest[unclosed.end() :]))
-    else:
-        kept.append(rest)
-    result = ParsedToolCalls(text="".join(kept))
-    for markup, body in spans:
-        try:
-            objects = _call_objects(body)
-        except ValueError as error:
-            result.invalid_tool_calls.append(
-                invalid_tool_call(name=None, args=markup, id=_new_call_id(), error=f"unreadable tool call: {error}")
-            )
-            continue
-        for obj in objects:
-            try:
-                name, args = _check_call(obj, tool_names)
-            except ValueError as error:
-                raw_name = obj.get("name") if isinstance(obj, Mapping) else None
-                result.invalid_tool_calls.append(
-                    invalid_tool_call(
-                        name=raw_name if isinstance(raw_name, str) else None,
-                        args=markup,
-                        id=_new_call_id(),
-                        error=str(error),
-                    )
-                )
-                continue
-            result.tool_calls.append(tool_call(name=name, args=args, id=_new_call_id()))
-    return result
-
-
-# ---------------------------------------------------------------------------------------------- display text
-
-
-def _cut_at_stop(raw: str, stop: Sequence[str], *, final: bool) -> str:
-    """``raw`` up to the first stop string; while streaming, also hold back a possible stop-string prefix."""
-    hits = [raw.find(s) for s in stop if s and s in raw]
-    if hits:
-        return raw[: min(hits)]
-    if not final:
-        for s in stop:
-            for size in range(min(len(s) - 1, len(raw)), 0, -1):
-                if raw.endswith(s[:size]):
-                    raw = raw[:-size]
-                    break
-    return raw
-
-
-def visible_text(raw: str, *, parse_calls: bool, stop: Sequence[str] = (), final: bool = True) -> str:
-    """The message text shown for raw model output: stop-truncated, tool-call spans removed, tags stripped.
-
-    With ``final=False`` (a prefix while streaming) anything that may still turn into a tool call, a stop
-    string or a multi-byte character is held back, so successive results extend each other.
-    """
-    raw = _cut_at_stop(raw, stop, final=final)
-    if parse_calls:
-        raw = parse_tool_calls(raw).text
-    if not final:
-        last_open = raw.rfind("<")
-        if last_open >= 0 and ">" not in raw[last_open:]:  # a tag (or tool call) may be under way
-            raw = raw[:last_open]
-        raw = raw.rstrip("\ufffd")
-    return strip_tags(raw)
+    return chained
 
 
 class _TextStream:
@@ -538,12 +243,21 @@ class _Reply:
     invalid_tool_calls: list[InvalidToolCall]
     image_blocks: list[dict[str, Any]]
     metadata: dict[str, Any]
+    usage: UsageMetadata
 
     def content(self) -> str | list[str | dict[str, Any]]:
         if not self.image_blocks:
             return self.text
         text_blocks: list[str | dict[str, Any]] = [{"type": "text", "text": self.text}] if self.text else []
         return text_blocks + list(self.image_blocks)
+
+
+@dataclass
+class _CallOptions:
+    tools: list[dict[str, Any]]
+    choice: str | None
+    structured: bool
+    parallel: bool | None
 
 
 class _Cancelled(Exception):
@@ -554,21 +268,37 @@ class ChatSeedX(BaseChatModel):
     """SEED-X-I as a LangChain chat model: text and memory-id images in, text, boxes and memory-id images out.
 
     ``ChatSeedX(engine=engine, memory=memory, namespace="user:a/thread:1")``; every model call goes through
-    ``engine``; images are read from and stored into ``memory`` under ``namespace``.
+    ``engine``; images are read from and stored into ``memory`` under ``namespace``. The standard parameters
+    (``model``, ``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``) are honoured; see the module doc.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", populate_by_name=True, protected_namespaces=()
+    )
 
     engine: SeedXEngine = Field(exclude=True)
     memory: ImageMemory = Field(exclude=True)
     namespace: str
-    max_new_tokens: int | None = Field(default=None, ge=1, description="None: the model's default")
+    model_name: str | None = Field(
+        default=None, alias="model", description="the engine's model name (None: filled in); another name raises"
+    )
+    max_new_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=AliasChoices("max_tokens", "max_new_tokens"),
+        description="token budget of an answer (alias max_tokens); None: the model's default",
+    )
     temperature: float = Field(default=0.0, ge=0.0, description="0: greedy decoding; >0: sampling")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="nucleus sampling mass (with temperature > 0)")
+    stop: list[str] | None = Field(default=None, description="decoding ends at the first of these strings (cut off)")
     seed: int | None = Field(
         default=None, ge=0, lt=_SEED_LIMIT, description="sampling and de-tokenizer seed; None: a fresh one per call"
     )
+    streaming: bool = Field(default=False, description="invoke streams internally (token callbacks see each delta)")
     image_output: Literal["auto", "off", "required"] = Field(
-        default="auto", description="auto: render images the model writes; off: never; required: force one"
+        default="auto",
+        description="auto: render images the model writes; off: the model writes none (<img> masked while "
+        "decoding); required: force one",
     )
     num_inference_steps: int | None = Field(default=None, ge=1, description="diffusion steps; None: model default")
     copy_arguments: Literal["auto", "on", "off"] = Field(
@@ -583,6 +313,35 @@ class ChatSeedX(BaseChatModel):
         "models such as the miniature, which was agent-tuned on this form)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        """Refuse unknown constructor fields with their names, a likely meant field and the known ones."""
+        if not isinstance(data, Mapping):
+            return data
+        known: set[str] = set()
+        for name, info in cls.model_fields.items():
+            known.add(name)
+            if isinstance(info.alias, str):
+                known.add(info.alias)
+            if isinstance(info.validation_alias, AliasChoices):
+                known.update(choice for choice in info.validation_alias.choices if isinstance(choice, str))
+        unknown = sorted(str(key) for key in data if key not in known)
+        if not unknown:
+            return data
+        hints = []
+        for key in unknown:
+            if key in _CLIENT_FIELDS:
+                hints.append(f"{key!r}: ChatSeedX runs the model in this process (no request, no API key)")
+            else:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        own = [name for name in cls.model_fields if name not in BaseChatModel.model_fields]
+        raise ValueError(
+            f"unknown ChatSeedX field(s): {'; '.join(hints)}. ChatSeedX takes {', '.join(own)} (model and max_tokens "
+            "are aliases of model_name and max_new_tokens) and BaseChatModel's fields (callbacks, tags, metadata, ...)"
+        )
+
     @field_validator("namespace")
     @classmethod
     def _valid_namespace(cls, namespace: str) -> str:
@@ -595,7 +354,20 @@ class ChatSeedX(BaseChatModel):
                 f"ChatSeedX needs the 'seed-x-i' LLM; loaded: {list(self.engine.model.variants)}. Load it with "
                 "SeedX.load(spec, variants=('seed-x-i', ...))"
             )
+        loaded = self.engine.model.config.name
+        if self.model_name is None:
+            self.model_name = loaded
+        elif self.model_name != loaded:
+            raise ConfigError(
+                f"model {self.model_name!r} is not the engine's model {loaded!r}: ChatSeedX runs the engine it is "
+                f"given; load that model (SeedXEngine(SeedX.load({self.model_name!r}))) or drop model="
+            )
         return self
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The token budget (``max_new_tokens``; None: the model's default)."""
+        return self.max_new_tokens
 
     @property
     def _llm_type(self) -> str:
@@ -604,10 +376,12 @@ class ChatSeedX(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "model_name": self.engine.model.config.name,
+            "model_name": self.model_name,
             "namespace": self.namespace,
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
             "seed": self.seed,
             "image_output": self.image_output,
             "num_inference_steps": self.num_inference_steps,
@@ -615,30 +389,120 @@ class ChatSeedX(BaseChatModel):
             "copy_arguments": self.copy_arguments,
         }
 
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        model = kwargs.get("model")
+        params = LangSmithParams(
+            ls_provider="seedx",
+            ls_model_name=model if isinstance(model, str) else str(self.model_name),
+            ls_model_type="chat",
+            ls_temperature=self.temperature,
+        )
+        if self.max_new_tokens is not None:
+            params["ls_max_tokens"] = self.max_new_tokens
+        stops = stop if stop is not None else self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
     def bind_tools(
         self,
         tools: Sequence[Mapping[str, Any] | type | Callable[..., Any] | Any],
         *,
         tool_choice: str | dict[str, Any] | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools through the prompt protocol of the module docstring (specs in the system preamble)."""
+        """Bind tools through the prompt protocol of the module docstring (specs in the system preamble).
+
+        ``tool_choice`` "any"/"required"/True or a tool name is enforced while decoding. ``parallel_tool_calls``:
+        False ends the answer after its first call; True lets a forced answer hold several calls (one per line);
+        None (default): one call when forced, the model's choice otherwise. ``strict`` is accepted for
+        compatibility (a forced call is always decoded under its schema)."""
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         names = [tool["function"]["name"] for tool in formatted]
-        choice = _tool_choice_name(tool_choice)
+        choice = tool_choice_name(tool_choice)
         if choice not in (None, "any", "none") and choice not in names:
             raise ConfigError(f"tool_choice {choice!r} names no bound tool; bound tools: {names}")
+        if "ls_structured_output_format" in kwargs:  # with_structured_output: one call, then the answer ends
+            kwargs["structured_output"] = True
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = bool(parallel_tool_calls)
         return super().bind(tools=formatted, tool_choice=choice, **kwargs)
 
+    def with_structured_output(
+        self,
+        schema: Mapping[str, Any] | type | None = None,
+        *,
+        include_raw: bool = False,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """The answer as ``schema`` (a pydantic class, TypedDict or JSON schema): decoded as one forced call of a
+        tool named after the schema, its arguments JSON valid under the schema, parsed into the pydantic object
+        (or a dict). Every ``method`` takes this path; ``strict`` changes nothing (the schema is always enforced)."""
+        if method not in ("function_calling", "json_schema", "json_mode"):
+            raise ConfigError(
+                f"method {method!r} is not supported; use 'function_calling', 'json_schema' or 'json_mode'"
+            )
+        if schema is None:
+            raise ConfigError("with_structured_output needs a schema (a pydantic class, TypedDict or JSON schema)")
+        return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+
     # -- the call ------------------------------------------------------------------------------
-    def _call_tools(self, kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    def _call_options(self, kwargs: dict[str, Any]) -> _CallOptions:
         tools = list(kwargs.pop("tools", None) or [])
-        choice = _tool_choice_name(kwargs.pop("tool_choice", None))
+        choice = tool_choice_name(kwargs.pop("tool_choice", None))
+        structured = bool(kwargs.pop("structured_output", False))
+        parallel = kwargs.pop("parallel_tool_calls", None)
         kwargs.pop("stream", None)
+        model = kwargs.pop("model", None)
+        if model is not None and model != self.model_name:
+            raise ConfigError(
+                f"model {model!r} is not this ChatSeedX's model {self.model_name!r}: it serves the engine it was "
+                "built with; build another ChatSeedX over an engine of that model"
+            )
         if kwargs:
-            raise ConfigError(f"unsupported call options {sorted(kwargs)}; ChatSeedX takes tools and tool_choice")
+            raise ConfigError(
+                f"unsupported call options {sorted(kwargs)}; ChatSeedX takes tools, tool_choice, "
+                "parallel_tool_calls, stop and model"
+            )
         tools = [tool if "function" in tool else convert_to_openai_tool(tool) for tool in tools]
-        return ([] if choice == "none" else tools), choice
+        return _CallOptions([] if choice == "none" else tools, choice, structured, parallel)
+
+    def _call_processor(self, turns: Sequence[ChatMessage], options: _CallOptions, budget: int) -> CopyArguments | None:
+        """The constraint on tool calls: none, ``CopyArguments`` (auto choice), or a forced schema-valid call."""
+        tools, choice = options.tools, options.choice
+        copying = self.copy_arguments == "on" or (self.copy_arguments == "auto" and self.tool_specs == "compact")
+        tokenizer = self.engine.model.tokenizer
+        single = options.structured or options.parallel is False or (choice is not None and not options.parallel)
+        if not tools or (choice is None and not copying and not single):
+            return None
+        if choice is None and not single:
+            return CopyArguments.for_chat(tokenizer, turns, tools)
+        names = [tool["function"]["name"] for tool in tools]
+        sources = copy_sources([turn.text for turn in turns if turn.role == "user"]) if copying else []
+        keys = FREE_TEXT_ARGUMENTS if copying else ()
+        if choice is None:  # the model's choice, ended after its first call
+            return CopyArguments(tokenizer, sources, keys=keys, tool_names=names, single_call=True)
+        schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
+        try:
+            return CopyArguments(
+                tokenizer,
+                sources,
+                keys=keys,
+                tool_names=names if choice == "any" else [choice],
+                schemas=schemas,
+                require_call=True,
+                single_call=single,
+                max_new_tokens=budget,
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"tool_choice={choice!r} forces a call decoded under the tools' JSON schemas, and one of them cannot "
+                f"be read: {error}. Fix the tool's argument schema, or bind it with tool_choice='auto'"
+            ) from error
 
     def _respond(
         self,
@@ -648,8 +512,9 @@ class ChatSeedX(BaseChatModel):
         on_token: Callable[[int], None] | None = None,
         on_text: Callable[[Callable[[str, bool], str]], None] | None = None,
     ) -> _Reply:
-        tools, choice = self._call_tools(dict(kwargs))
-        stops = list(stop or [])
+        options = self._call_options(dict(kwargs))
+        tools = options.tools
+        stops = [s for s in (stop if stop is not None else self.stop or []) if s]
         parse_calls = bool(tools)
         aliases = IdAliases() if self.tool_specs == "compact" else None  # image ids as #N handles
 
@@ -665,32 +530,49 @@ class ChatSeedX(BaseChatModel):
             memory=self.memory,
             namespace=self.namespace,
             tools=tools,
-            tool_choice=choice,
+            tool_choice=options.choice,
             tool_specs=self.tool_specs,
         )
         if aliases is not None:
             turns = [ChatMessage(turn.role, aliases.shorten(turn.text), turn.images) for turn in turns]
         seed = self.seed if self.seed is not None else secrets.randbelow(_SEED_LIMIT)
-        config = self.engine.model.config
-        options = GenerationOptions(
-            max_new_tokens=self.max_new_tokens or config.max_new_tokens,
+        model = self.engine.model
+        config = model.config
+        budget = self.max_new_tokens or config.max_new_tokens
+        if tools and options.choice is not None and self.max_new_tokens is None:
+            budget = max(budget, COMPACT_MAX_NEW_TOKENS)  # room for a forced call on small-budget models
+        generation = GenerationOptions(
+            max_new_tokens=budget,
             do_sample=self.temperature > 0,
             temperature=self.temperature if self.temperature > 0 else 1.0,
+            top_p=self.top_p,
             seed=seed,
             require_image=self.image_output == "required",
         )
-        copying = self.copy_arguments == "on" or (self.copy_arguments == "auto" and self.tool_specs == "compact")
-        processor = None
-        if parse_calls and copying:
-            processor = CopyArguments.for_chat(self.engine.model.tokenizer, turns, tools)
+        processors: list[LogitsProcessor] = []
+        if self.image_output == "off":
+            processors.append(_mask_token(model.ids.boi))
+        call_processor = self._call_processor(turns, options, budget)
+        if call_processor is not None:
+            processors.append(call_processor)
+        if stops:
+            processors.append(_StopAt(model, stops))
+        produced = 0
+
+        def count(token: int) -> None:
+            nonlocal produced
+            produced += 1
+            if on_token is not None:
+                on_token(token)
+
         result = self.engine.chat(
             turns,
-            options=options,
+            options=generation,
             seed=seed,
             num_inference_steps=self.num_inference_steps,
             render_images=self.image_output != "off",
-            on_token=on_token,
-            logits_processor=processor,
+            on_token=count,
+            logits_processor=_chain(processors),
         )
         raw_text = aliases.expand(result.raw_text) if aliases is not None else result.raw_text
         raw = _cut_at_stop(raw_text, stops, final=True)
@@ -711,9 +593,11 @@ class ChatSeedX(BaseChatModel):
             ).id
             for picture in result.images
         ]
+        input_tokens = prompt_token_count(model, turns)
         metadata = {
             "model_name": config.name,
             "model_provider": "seedx",
+            "finish_reason": "length" if produced >= budget else "stop",
             "boxes": [[float(v) for v in box.as_tuple()] for box in result.boxes],
             "image_ids": image_ids,
             "seed": seed,
@@ -725,6 +609,9 @@ class ChatSeedX(BaseChatModel):
             invalid_tool_calls=parsed.invalid_tool_calls,
             image_blocks=[{"type": "image", "file_id": image_id, "mime_type": "image/png"} for image_id in image_ids],
             metadata=metadata,
+            usage=UsageMetadata(
+                input_tokens=input_tokens, output_tokens=produced, total_tokens=input_tokens + produced
+            ),
         )
 
     def _generate(
@@ -740,6 +627,7 @@ class ChatSeedX(BaseChatModel):
             tool_calls=reply.tool_calls,
             invalid_tool_calls=reply.invalid_tool_calls,
             response_metadata=reply.metadata,
+            usage_metadata=reply.usage,
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -799,6 +687,7 @@ class ChatSeedX(BaseChatModel):
                     content=list(reply.image_blocks) if reply.image_blocks else "",
                     tool_call_chunks=chunks,
                     response_metadata=reply.metadata,
+                    usage_metadata=reply.usage,
                     chunk_position="last",
                 )
                 yield ChatGenerationChunk(message=last)
