@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_agent_commands(sub)
     register_story_commands(sub)
+    from seedx_agent.serving.cli_serve import register as register_serve_command  # FastAPI only when it runs
+
+    register_serve_command(sub)
 
     info = sub.add_parser("info", help="print components and parameter counts")
     info.add_argument("--model", default="mini", help=MODEL_HELP)

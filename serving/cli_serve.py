@@ -1,0 +1,142 @@
+"""``seedx-agent serve``: the OpenAI-compatible HTTP API (``seedx_agent.serving.openai_api``) under uvicorn.
+
+``register(subparsers)`` adds the sub-command; FastAPI and uvicorn are imported only when it runs, and cheap
+arguments (model spec, memory folder, numbers) are checked before the model loads. The model loads once, at
+start-up, in a worker thread; the server answers once it is loaded (``GET /health``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+__all__ = ["cmd_serve", "register"]
+
+API_KEY_ENV = "SEEDX_API_KEY"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    from seedx_agent.graphs.cli_chat import MODEL_HELP, add_steps_flag, positive_int
+
+    from .settings import ServeSettings
+
+    defaults = ServeSettings()
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible HTTP API (chat completions, image generations and edits)",
+        description="An OpenAI-compatible API: POST /v1/chat/completions (text, data-URL images, streaming, "
+        "tool calls), POST /v1/images/generations and /v1/images/edits (b64_json), GET /v1/models, GET /health.",
+    )
+    serve.add_argument("--model", default="mini", help=MODEL_HELP)
+    add_steps_flag(serve)
+    serve.add_argument("--quiet", action="store_true", help="no access log lines")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument(
+        "--memory",
+        default=defaults.memory_dir,
+        help=f"image memory folder of the chat model (default {defaults.memory_dir})",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set, else no key)",
+    )
+    serve.add_argument(
+        "--served-model-name", default=None, help="the model id clients send and /v1/models lists (default: --model)"
+    )
+    limits = serve.add_argument_group("limits (a request over one gets a 4xx error)")
+    limits.add_argument(
+        "--max-body-bytes", type=positive_int, default=defaults.max_body_bytes, help="request body size (413)"
+    )
+    limits.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=defaults.max_image_pixels,
+        help=f"pixels of an input image, from its header (default {defaults.max_image_pixels})",
+    )
+    limits.add_argument(
+        "--max-images", type=positive_int, default=defaults.max_images, help="input images per chat request"
+    )
+    limits.add_argument(
+        "--max-tokens", type=positive_int, default=defaults.max_tokens, help="largest max_tokens a request may ask"
+    )
+    limits.add_argument("--max-n", type=positive_int, default=defaults.max_n, help="images per generation/edit")
+    limits.add_argument(
+        "--max-image-size", type=positive_int, default=defaults.max_image_size, help="largest output side (pixels)"
+    )
+    limits.add_argument(
+        "--max-inference-steps",
+        type=positive_int,
+        default=defaults.max_inference_steps,
+        help="largest num_inference_steps a request may ask",
+    )
+    limits.add_argument(
+        "--workers", type=positive_int, default=defaults.workers, help="threads running model work (default 4)"
+    )
+    limits.add_argument(
+        "--max-pending",
+        type=positive_int,
+        default=defaults.max_pending,
+        help="requests running or waiting; more get 503 (default 64)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """``ServeSettings`` from parsed arguments, after the cheap checks (no model is loaded here)."""
+    from seedx_agent.graphs.cli_chat import check_model, check_output_folder
+
+    from seedx_agent.errors import ConfigError
+
+    from .settings import ServeSettings
+
+    check_model(args.model)
+    check_output_folder(args.memory, "--memory")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    return ServeSettings(
+        model=args.model,
+        memory_dir=args.memory,
+        served_model_name=args.served_model_name,
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_images=args.max_images,
+        max_tokens=args.max_tokens,
+        max_n=args.max_n,
+        max_image_size=args.max_image_size,
+        max_inference_steps=args.max_inference_steps,
+        num_inference_steps=args.num_inference_steps,
+        workers=args.workers,
+        max_pending=args.max_pending,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check the arguments, then run uvicorn until interrupted (the model loads at start-up)."""
+    settings = settings_from_args(args)
+    try:
+        import uvicorn
+
+        from .openai_api import create_app
+    except ImportError as error:
+        from seedx_agent.errors import DependencyMissingError
+
+        raise DependencyMissingError(
+            f"seedx-agent serve needs FastAPI and uvicorn ({error}); install them with: "
+            "pip install 'seedx-agent[serve]'"
+        ) from error
+    verbosity = getattr(args, "verbose", 0)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="debug" if verbosity >= 2 else "warning" if args.quiet else "info",
+        access_log=not args.quiet,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
