@@ -21,9 +21,11 @@ from .errors import (
 )
 from .langgraph_store import ImageMemoryStore
 from .records import ImageHit, ImageKind, ImageRecord, RepairReport, validate_image_id
-from .store import ImageMemory
+from .store import DEFAULT_MIN_IMAGE_SCORE, DEFAULT_MIN_TEXT_SCORE, ImageMemory
 
 __all__ = [
+    "DEFAULT_MIN_IMAGE_SCORE",
+    "DEFAULT_MIN_TEXT_SCORE",
     "ChromaServer",
     "EmbeddingMismatchError",
     "HashingTextEmbeddings",

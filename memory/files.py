@@ -145,29 +145,50 @@ class ContentStore:
 
 
 class Journal:
-    """Write-ahead intents of the one transaction in flight, one JSON object per line.
+    """Write-ahead intents of the transactions in flight, one JSON object per line.
 
-    ``begin`` appends and fsyncs an intent before chroma is touched; ``commit`` truncates the file once the
-    transaction is complete. Writers are serialised by the root lock, so after a crash the file holds only the
-    intents of transactions that did not commit; ``read`` skips a last line torn by the crash.
+    ``begin`` appends and fsyncs an intent (a dict with a ``"txn"`` key) before chroma is touched; a transaction
+    may append several (``add_many`` writes one per batch). ``commit(txn)`` marks it complete: the file is
+    truncated when no other transaction is open, else a ``{"op": "commit", "txn": ...}`` line is appended and
+    fsynced (never a rewrite, so a crash cannot resurrect the intents of a transaction that committed).
+    Writers are serialised by the memory's write lock and the root lock; after a crash, ``pending`` gives the
+    intents of the transactions that did not commit; ``read`` skips a last line torn by the crash.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._open: set[str] = set()  # transactions begun and not committed
 
     def begin(self, entry: dict[str, Any]) -> None:
-        """Durably record the intent ``entry`` (must be JSON-serialisable)."""
+        """Durably record the intent ``entry`` (JSON-serialisable, with a ``"txn"`` key naming its transaction)."""
+        self._append(entry)
+        self._open.add(str(entry.get("txn")))
+
+    def commit(self, txn: str | None = None) -> None:
+        """Mark ``txn`` complete (its intents no longer need repair), or every transaction when ``txn`` is None."""
+        if txn is None:
+            self._open.clear()
+        else:
+            self._open.discard(txn)
+        if self._open:  # another transaction is still in flight: its intents must stay
+            self._append({"op": "commit", "txn": txn})
+            return
+        with open(self.path, "wb") as handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _append(self, entry: dict[str, Any]) -> None:
         line = json.dumps(entry, separators=(",", ":"), sort_keys=True) + "\n"
         with open(self.path, "ab") as handle:
             handle.write(line.encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
 
-    def commit(self) -> None:
-        """Forget all intents: the transaction(s) they describe are complete."""
-        with open(self.path, "wb") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())
+    def pending(self) -> tuple[list[dict[str, Any]], int]:
+        """The intents on disk of transactions without a commit line, and the number of torn lines."""
+        entries, torn = self.read()
+        committed = {entry.get("txn") for entry in entries if entry.get("op") == "commit"}
+        return [e for e in entries if e.get("op") != "commit" and ("txn" not in e or e["txn"] not in committed)], torn
 
     def read(self) -> tuple[list[dict[str, Any]], int]:
         """The intents on disk and the number of unreadable (torn) lines."""

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from seedx_agent.prompts import check_text
 from seedx_agent.tool_protocol import IMAGE_ID_RE
 
 from .errors import InvalidImageIdError, InvalidMemoryRequestError
@@ -28,6 +29,7 @@ __all__ = [
     "new_image_id",
     "validate_image_id",
     "validate_namespace",
+    "validate_text",
 ]
 
 ImageKind = Literal["input", "generated", "edited"]
@@ -89,12 +91,19 @@ def validate_image_id(image_id: object) -> str:
     return image_id
 
 
+def validate_text(text: str, argument: str) -> str:
+    """``text`` when every character can be stored and embedded, else ``InvalidMemoryRequestError`` naming the
+    position of the first bad one (a lone surrogate) and the fix; the library-wide rule of ``prompts.check_text``."""
+    return check_text(text, argument, error=InvalidMemoryRequestError)
+
+
 def validate_namespace(namespace: object, *, argument: str = "namespace") -> str:
     """Return a well-formed namespace (``seg/seg/...``, at most 8 segments), else raise."""
     if not isinstance(namespace, str):
         raise InvalidMemoryRequestError(
             f"{argument} must be a string such as 'user:alice/thread:1', got {type(namespace).__name__} {namespace!r}"
         )
+    validate_text(namespace, argument)
     segments = namespace.split("/")
     if len(segments) > MAX_NAMESPACE_DEPTH:
         raise InvalidMemoryRequestError(
@@ -154,18 +163,27 @@ def validate_where(where: object) -> dict[str, Any] | None:
 def _validate_condition(field: str, condition: object) -> None:
     scalar = (str, int, float, bool)
     if isinstance(condition, scalar):
+        _validate_operand(field, condition)
         return
     if isinstance(condition, dict) and len(condition) == 1:
         ((operator, operand),) = condition.items()
         if operator in ("$in", "$nin"):
             if isinstance(operand, list) and operand and all(isinstance(item, scalar) for item in operand):
+                for item in operand:
+                    _validate_operand(field, item)
                 return
         elif operator in _COMPARISON_OPERATORS and isinstance(operand, scalar):
+            _validate_operand(field, operand)
             return
     raise InvalidMemoryRequestError(
         f"where[{field!r}] = {condition!r} is not a valid condition: use a plain value or one operator of "
         f"{sorted(_COMPARISON_OPERATORS)} (e.g. {{'$gte': 512}}; '$in'/'$nin' take a non-empty list)"
     )
+
+
+def _validate_operand(field: str, operand: object) -> None:
+    if isinstance(operand, str):
+        validate_text(operand, f"where[{field!r}]")
 
 
 def combine_where(*clauses: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -9,22 +9,30 @@ ViT in the product) and text embeddings of prompt + caption (any LangChain ``Emb
 default is ``HashingTextEmbeddings``).
 
 Crash safety. Every write follows one order — image file, then a journal intent, then the chroma records,
-then the journal is truncated — and ``repair()`` (run on every open) restores the invariant "every record
-has its file, every file has a record": uncommitted adds are rolled back (their ids were never returned to a
-caller, so nobody can refer to them), unfinished deletes are finished, records without a file and files
-without a record are removed. A second open of the same root, from this or another process, is refused
-with ``MemoryLockedError`` while the first is open.
+then the transaction commits in the journal — and ``repair()`` (run on every open) restores the invariant
+"every record has its file, every file has a record": uncommitted adds are rolled back (their ids were never
+returned to a caller, so nobody can refer to them), unfinished deletes are finished, records without a file and
+files without a record are removed. One ``add_many`` call is one transaction, however many batches it writes:
+it commits after its last batch, so a failure or a crash part-way leaves none of its records. A second open of
+the same root, from this or another process, is refused with ``MemoryLockedError`` while the first is open.
+
+Search. Scores are cosine similarities; text-search hits below the relevance floor ``min_text_score``
+(``DEFAULT_MIN_TEXT_SCORE``) are dropped, and image-search hits below ``min_image_score`` (off by default).
+A namespace filter is answered through an in-process namespace index (``namespace_index``) instead of chroma's
+metadata filter, whose cost grows with the number of matching records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,7 +43,7 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from seedx_agent.errors import ImageTooLargeError, InvalidImageError
+from seedx_agent.images import DEFAULT_MAX_PIXELS, check_image_size
 
 from .backend import (
     ChromaServer,
@@ -45,7 +53,7 @@ from .backend import (
     open_chroma_client,
     open_collection,
 )
-from .embedders import HashingTextEmbeddings, ImageEmbedder, check_embeddings
+from .embedders import HashingTextEmbeddings, ImageEmbedder, check_embeddings, unit_rows
 from .errors import (
     ImageMemoryError,
     InvalidMemoryRequestError,
@@ -53,6 +61,7 @@ from .errors import (
     UnknownImageError,
 )
 from .files import TEMP_SUFFIX, CanonicalImage, ContentStore, Journal, RootLock, atomic_write_bytes, canonical_image
+from .namespace_index import NamespaceIndex, Which, in_namespace
 from .records import (
     IMAGE_KINDS,
     ImageHit,
@@ -64,6 +73,7 @@ from .records import (
     utc_now_ms,
     validate_image_id,
     validate_namespace,
+    validate_text,
     validate_where,
 )
 
@@ -71,12 +81,29 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "ImageMemory"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_IMAGE_SCORE", "DEFAULT_MIN_TEXT_SCORE", "ImageInput", "ImageMemory"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MIN_TEXT_SCORE = 0.1
+"""Relevance floor of ``search_text``: hits with a cosine score below it are dropped.
+
+Cosine 0 means "nothing in common" (for the default ``HashingTextEmbeddings``: no shared word), so without a floor a
+query like ``../../etc/passwd`` "matched" every stored image at 0.00. 0.1 keeps any real overlap (one shared word
+of a short caption scores about 0.3). Set another floor with ``ImageMemory.open(min_text_score=...)`` or per call
+(``search_text(..., min_score=...)``; -1 keeps every hit)."""
+DEFAULT_MIN_IMAGE_SCORE = -1.0
+"""Relevance floor of ``search_image``: off by default, since "the most similar stored pictures" is always a
+meaningful answer to a picture; set one with ``ImageMemory.open(min_image_score=...)`` or per call."""
 MAX_RESULTS = 1000
+# Namespace-filtered search (``ImageMemory._search``): a namespace of at most EXACT_SCAN_MAX entries is scanned
+# exactly (reading a stored vector from chroma costs about 0.06 ms, so beyond ~64 chroma's filter is as fast); a
+# larger one is over-fetched unfiltered, n = (k / its share) * OVERFETCH_FACTOR + OVERFETCH_SLACK, as long as
+# n <= OVERFETCH_MAX (a share of about 5 % for k=5); otherwise chroma's metadata filter answers.
+EXACT_SCAN_MAX = 64
+OVERFETCH_FACTOR = 2.0
+OVERFETCH_SLACK = 16
+OVERFETCH_MAX = 256
 MAX_LINEAGE_DEPTH = 10_000
 FORMAT_VERSION = 1
 
@@ -102,10 +129,18 @@ class ImageMemory:
         image_embedder: ImageEmbedder,
         text_embedder: Embeddings,
         max_pixels: int,
+        min_text_score: float = DEFAULT_MIN_TEXT_SCORE,
+        min_image_score: float = DEFAULT_MIN_IMAGE_SCORE,
     ) -> None:
         """Internal: use ``ImageMemory.open``, which takes the lock and repairs the root first."""
         self.root = root
         self.max_pixels = max_pixels
+        self.min_text_score = min_text_score
+        self.min_image_score = min_image_score
+        self.namespace_fast_path = True
+        """Namespace-filtered searches use the namespace index (fast); False always asks chroma's metadata filter,
+        the reference path (the benchmark and the tests compare the two)."""
+        self._index = NamespaceIndex()
         self.image_embedder = image_embedder
         self.text_embedder = text_embedder
         self.last_repair: RepairReport | None = None
@@ -133,12 +168,16 @@ class ImageMemory:
         text_embedder: Embeddings | None = None,
         client: str | ChromaServer | dict[str, Any] = "persistent",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_text_score: float = DEFAULT_MIN_TEXT_SCORE,
+        min_image_score: float = DEFAULT_MIN_IMAGE_SCORE,
     ) -> ImageMemory:
         """Open (creating if needed) the memory at ``root``, lock it, and repair any crash damage.
 
         ``image_embedder`` maps a list of RGB images to an (n, dim) array (the tools layer passes SEED-X ViT
         features); ``text_embedder`` defaults to the offline, lexical ``HashingTextEmbeddings``;
-        ``client`` is ``"persistent"`` (chroma embedded under ``root/chroma``) or ``ChromaServer`` settings.
+        ``client`` is ``"persistent"`` (chroma embedded under ``root/chroma``) or ``ChromaServer`` settings;
+        ``min_text_score`` / ``min_image_score`` are the relevance floors of ``search_text`` / ``search_image``
+        (cosine similarities in [-1, 1]; ``DEFAULT_MIN_TEXT_SCORE``, ``DEFAULT_MIN_IMAGE_SCORE``).
         """
         if not callable(image_embedder):
             raise InvalidMemoryRequestError(
@@ -152,6 +191,8 @@ class ImageMemory:
             )
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise InvalidMemoryRequestError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        min_text_score = _check_min_score(min_text_score, "min_text_score")
+        min_image_score = _check_min_score(min_image_score, "min_image_score")
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise InvalidMemoryRequestError(f"memory root {root} exists and is not a directory; pick a folder path")
@@ -169,6 +210,8 @@ class ImageMemory:
                 image_embedder=image_embedder,
                 text_embedder=text_embedder,
                 max_pixels=max_pixels,
+                min_text_score=min_text_score,
+                min_image_score=min_image_score,
             )
             memory.last_repair = memory.repair()
         except BaseException:
@@ -267,14 +310,7 @@ class ImageMemory:
 
     def _to_pil(self, image: ImageInput) -> Image.Image:
         if isinstance(image, Image.Image):
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise InvalidImageError(f"image has size {width}x{height}; both sides must be at least 1 pixel")
-            if width * height > self.max_pixels:
-                raise ImageTooLargeError(
-                    f"image of {width}x{height} = {width * height} pixels exceeds max_pixels={self.max_pixels}; "
-                    "downscale it or open the memory with a larger max_pixels"
-                )
+            check_image_size(image, max_pixels=self.max_pixels)  # the library-wide limit and message
             return image
         if isinstance(image, str) and image.startswith("img_"):
             raise InvalidMemoryRequestError(
@@ -331,10 +367,13 @@ class ImageMemory:
         batch_size: int = 32,
         progress: bool = True,
     ) -> list[ImageRecord]:
-        """Store many images in batches (one embedder call and one chroma transaction per batch).
+        """Store many images in batches (one embedder call and one chroma write per batch), all or nothing.
 
-        The per-image sequences must match ``images`` in length. Each batch commits atomically; a crash
-        keeps the batches committed before it. ``progress`` shows a tqdm bar on stderr.
+        The per-image sequences must match ``images`` in length. The call is one transaction: every batch is
+        journalled under the same transaction id, which commits only after the last batch is stored. If anything
+        fails part-way (a bad image at position 150, the embedder, chroma, Ctrl-C) the batches already written
+        are rolled back before the error propagates, and after a crash (``kill -9``) the next open rolls them
+        back: the records exist afterwards only if the call returned their ids. ``progress`` shows a tqdm bar.
         """
         self._check_open()
         images = list(images)
@@ -361,38 +400,49 @@ class ImageMemory:
         if kind not in IMAGE_KINDS:
             raise InvalidMemoryRequestError(f"kind must be one of {list(IMAGE_KINDS)}, got {kind!r}")
         validate_namespace(namespace)
+        for column, name in (("prompts", "prompt"), ("captions", "caption"), ("operations", "operation")):
+            for index, value in enumerate(columns[column]):
+                _check_text_field(value, name if count == 1 else f"{name} {index}")
+        _check_text_field(model, "model")
         for parent in {parent for parent in columns["parent_ids"] if parent is not None}:
             self.get(parent)  # validates the shape and existence of every parent before anything is written
 
+        transaction = _AddTransaction(txn=secrets.token_hex(4))
         records: list[ImageRecord] = []
-        with tqdm(total=count, desc="storing images", unit="img", disable=not progress) as bar:
-            for start in range(0, count, batch_size):
-                stop = min(start + batch_size, count)
-                batch_images = [self._to_pil(image) for image in images[start:stop]]
-                canonical = [canonical_image(image) for image in batch_images]
-                batch_records = [
-                    self._new_record(
-                        image,
-                        kind=kind,
-                        namespace=namespace,
-                        model=model,
-                        prompt=columns["prompts"][index],
-                        caption=columns["captions"][index],
-                        parent_id=columns["parent_ids"][index],
-                        operation=columns["operations"][index],
-                        seed=columns["seeds"][index],
-                    )
-                    for index, image in zip(range(start, stop), canonical)
-                ]
-                records.extend(self._commit_batch(batch_images, canonical, batch_records))
-                bar.update(stop - start)
+        try:
+            with tqdm(total=count, desc="storing images", unit="img", disable=not progress) as bar:
+                for start in range(0, count, batch_size):
+                    stop = min(start + batch_size, count)
+                    batch_images = [self._to_pil(image) for image in images[start:stop]]
+                    canonical = [canonical_image(image) for image in batch_images]
+                    batch_records = [
+                        self._new_record(
+                            image,
+                            kind=kind,
+                            namespace=namespace,
+                            model=model,
+                            prompt=columns["prompts"][index],
+                            caption=columns["captions"][index],
+                            parent_id=columns["parent_ids"][index],
+                            operation=columns["operations"][index],
+                            seed=columns["seeds"][index],
+                        )
+                        for index, image in zip(range(start, stop), canonical)
+                    ]
+                    self._commit_batch(batch_images, canonical, batch_records, transaction)
+                    records.extend(batch_records)
+                    bar.update(stop - start)
+            if transaction.ids:
+                with self._write_lock:
+                    self._check_open()
+                    self._journal.commit(transaction.txn)  # acknowledged: from here on the records are permanent
+        except BaseException:
+            if transaction.ids:
+                self._roll_back_add(transaction)
+            raise
         return records
 
     def _new_record(self, image: CanonicalImage, **fields: Any) -> ImageRecord:
-        for name in ("prompt", "caption", "operation", "model"):
-            value = fields[name]
-            if value is not None and not isinstance(value, str):
-                raise InvalidMemoryRequestError(f"{name} must be a string or None, got {type(value).__name__}")
         try:
             return ImageRecord(
                 id=new_image_id(),
@@ -417,8 +467,14 @@ class ImageMemory:
         return vectors
 
     def _commit_batch(
-        self, images: list[Image.Image], canonical: list[CanonicalImage], records: list[ImageRecord]
-    ) -> list[ImageRecord]:
+        self,
+        images: list[Image.Image],
+        canonical: list[CanonicalImage],
+        records: list[ImageRecord],
+        transaction: _AddTransaction,
+    ) -> None:
+        """Write one batch of ``transaction``: files, a journal intent, then the chroma records (not committed:
+        ``add_many`` commits the transaction after its last batch, or rolls every batch back)."""
         # Embeddings first, outside the write lock: this is the slow part (a ViT forward in the product).
         unique_hashes = list(dict.fromkeys(item.content_hash for item in canonical))
         known = self._stored_visual_embeddings(unique_hashes)
@@ -444,40 +500,40 @@ class ImageMemory:
                         "without parent_id or from an existing image",
                         image_id=sorted(missing)[0],
                     )
-            written: list[str] = []
-            try:
-                for item in canonical:
-                    if self._files.write(item):
-                        written.append(item.content_hash)
-                self._journal.begin({"op": "add", "ids": ids, "txn": secrets.token_hex(4), "time": time.time()})
-                self._visual.add(
-                    ids=ids, embeddings=visual_vectors, metadatas=[record.to_metadata() for record in records]
+            for item in canonical:
+                if self._files.write(item):
+                    transaction.written_hashes.append(item.content_hash)
+            self._journal.begin({"op": "add", "ids": ids, "txn": transaction.txn, "time": time.time()})
+            transaction.ids.extend(ids)
+            self._visual.add(ids=ids, embeddings=visual_vectors, metadatas=[record.to_metadata() for record in records])
+            self._index.add(self._index.VISUAL, records)
+            if text_vectors is not None:
+                self._text.add(
+                    ids=[record.id for record in text_records],
+                    embeddings=text_vectors,
+                    metadatas=[record.to_metadata() for record in text_records],
                 )
-                if text_vectors is not None:
-                    self._text.add(
-                        ids=[record.id for record in text_records],
-                        embeddings=text_vectors,
-                        metadatas=[record.to_metadata() for record in text_records],
-                    )
-            except BaseException:
-                self._roll_back_add(ids, written)
-                raise
-            self._journal.commit()
-        return records
+                self._index.add(self._index.TEXT, text_records)
 
-    def _roll_back_add(self, ids: list[str], written_hashes: list[str]) -> None:
-        """Undo a failed add in-process; if that fails too, the journal lets the next open finish the job."""
-        try:
-            delete_ids(self._text, ids)
-            delete_ids(self._visual, ids)
-            for content_hash in set(written_hashes):
-                if not self._hash_referenced(content_hash):
-                    self._files.remove(content_hash)
-            self._journal.commit()
-        except Exception:
-            logger.exception(
-                "could not roll back a failed add in %s; the journal keeps it and the next open repairs it", self.root
-            )
+    def _roll_back_add(self, transaction: _AddTransaction) -> None:
+        """Undo a failed ``add_many`` in-process (every batch it wrote); if that fails too, the journal keeps the
+        transaction's intents and the next open finishes the job."""
+        with self._write_lock:
+            self._index.discard(transaction.ids)
+            if self._client is None:  # closed meanwhile (the root may be someone else's now): the journal has it
+                return
+            try:
+                delete_ids(self._text, transaction.ids)
+                delete_ids(self._visual, transaction.ids)
+                for content_hash in set(transaction.written_hashes):
+                    if not self._hash_referenced(content_hash):
+                        self._files.remove(content_hash)
+                self._journal.commit(transaction.txn)
+            except Exception:
+                logger.exception(
+                    "could not roll back a failed add in %s; the journal keeps it and the next open repairs it",
+                    self.root,
+                )
 
     def _hash_referenced(self, content_hash: str) -> bool:
         return bool(self._visual.get(where={"content_hash": content_hash}, limit=1, include=[])["ids"])
@@ -496,7 +552,7 @@ class ImageMemory:
         found = self._visual.get(ids=[image_id], include=["metadatas"])
         if found["ids"]:
             record = ImageRecord.from_metadata(found["ids"][0], found["metadatas"][0])
-            if namespace is None or _in_namespace(record.namespace, namespace):
+            if namespace is None or in_namespace(record.namespace, namespace):
                 return record
         scope = f" in namespace {namespace!r}" if namespace is not None else ""
         raise UnknownImageError(
@@ -569,14 +625,28 @@ class ImageMemory:
     # ------------------------------------------------------------------ search
 
     def search_text(
-        self, query: str, *, k: int = 5, namespace: str | None = None, where: dict[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        namespace: str | None = None,
+        where: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> list[ImageHit]:
-        """Images whose prompt/caption best match ``query`` (records without text are not in this index)."""
+        """Images whose prompt/caption best match ``query`` (records without text are not in this index).
+
+        Hits scoring below ``min_score`` (default: the memory's ``min_text_score``) are left out, so a query with
+        nothing in common with any record returns ``[]`` rather than the least dissimilar images.
+        """
         self._check_open()
         if not isinstance(query, str) or not query.strip():
             raise InvalidMemoryRequestError(f"query must be a non-empty string, got {query!r}")
+        validate_text(query, "query")
         _check_k(k, "k")
-        filters = combine_where(self._namespace_filter(namespace), validate_where(where))
+        floor = self.min_text_score if min_score is None else _check_min_score(min_score, "min_score")
+        if namespace is not None:
+            validate_namespace(namespace)
+        where = validate_where(where)
         query_vector = check_embeddings(
             [self.text_embedder.embed_query(query)],
             count=1,
@@ -585,7 +655,7 @@ class ImageMemory:
         )
         if not np.any(query_vector):
             return []  # nothing to compare (e.g. a blank-after-tokenisation query): cosine is undefined
-        return self._query(self._text, query_vector, k=k, where=filters)
+        return self._search(NamespaceIndex.TEXT, query_vector, k=k, namespace=namespace, where=where, floor=floor)
 
     def search_image(
         self,
@@ -594,11 +664,18 @@ class ImageMemory:
         k: int = 5,
         namespace: str | None = None,
         where: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> list[ImageHit]:
-        """Visually similar images to a given image, or to a stored image id (which is left out of the hits)."""
+        """Visually similar images to a given image, or to a stored image id (which is left out of the hits).
+
+        Hits scoring below ``min_score`` (default: the memory's ``min_image_score``, off unless set) are left out.
+        """
         self._check_open()
         _check_k(k, "k")
-        filters = combine_where(self._namespace_filter(namespace), validate_where(where))
+        floor = self.min_image_score if min_score is None else _check_min_score(min_score, "min_score")
+        if namespace is not None:
+            validate_namespace(namespace)
+        where = validate_where(where)
         exclude: str | None = None
         if isinstance(image_or_id, str) and not image_or_id.startswith("data:"):
             exclude = validate_image_id(image_or_id)
@@ -610,8 +687,95 @@ class ImageMemory:
             query_vector = np.asarray(found["embeddings"], dtype=np.float32)  # (1, image_dim)
         else:
             query_vector = self._embed_images([self._to_pil(image_or_id)])
-        hits = self._query(self._visual, query_vector, k=k + (exclude is not None), where=filters)
-        return [hit for hit in hits if hit.record.id != exclude][:k]
+        return self._search(
+            NamespaceIndex.VISUAL, query_vector, k=k, namespace=namespace, where=where, floor=floor, exclude=exclude
+        )
+
+    def _search(
+        self,
+        which: Which,
+        query_vector: np.ndarray,
+        *,
+        k: int,
+        namespace: str | None,
+        where: dict[str, Any] | None,
+        floor: float,
+        exclude: str | None = None,
+    ) -> list[ImageHit]:
+        """The ``k`` best hits scoring >= ``floor`` (``exclude`` left out), best first.
+
+        A namespace filter without ``where`` goes through the namespace index (module ``namespace_index``): an
+        empty namespace answers at once, a tiny one is scanned exactly, a large share of the collection is
+        over-fetched unfiltered and filtered here; otherwise (and whenever the over-fetch did not settle the
+        answer) chroma's own metadata filter runs, as every query with ``where`` does.
+        """
+        collection = self._visual if which == NamespaceIndex.VISUAL else self._text
+        if namespace is not None and where is None and self.namespace_fast_path:
+            hits = self._search_namespace(collection, which, query_vector, k, namespace, floor, exclude)
+            if hits is not None:
+                return hits
+        filters = combine_where(self._namespace_filter(namespace), where)
+        hits = self._query(collection, query_vector, k=k + (exclude is not None), where=filters)
+        return [hit for hit in hits if hit.record.id != exclude and hit.score >= floor][:k]
+
+    def _search_namespace(
+        self,
+        collection: Collection,
+        which: Which,
+        query_vector: np.ndarray,
+        k: int,
+        namespace: str,
+        floor: float,
+        exclude: str | None,
+    ) -> list[ImageHit] | None:
+        """The namespace-filtered search without chroma's filter, or None when chroma's filter must answer."""
+        members = self._index.count(which, namespace)
+        if members == 0:
+            return []
+        if members <= EXACT_SCAN_MAX:  # a tiny namespace: exact cosine over its stored vectors
+            found = collection.get(ids=self._index.members(which, namespace), include=["embeddings"])
+            if not found["ids"]:
+                return []
+            scores = unit_rows(found["embeddings"]) @ unit_rows(query_vector)[0]  # (members,)
+            order = np.argsort(-scores, kind="stable")
+            ranked = [(found["ids"][i], float(scores[i])) for i in order]
+            return self._hits(collection, [(i, score) for i, score in ranked if i != exclude and score >= floor][:k])
+        total = self._index.size(which)
+        wanted = k + (exclude is not None)
+        fetch = min(total, math.ceil(wanted * total / members * OVERFETCH_FACTOR) + OVERFETCH_SLACK)
+        if fetch > OVERFETCH_MAX:  # the namespace is too small a share for an unfiltered query to reach k of it
+            return None
+        result = collection.query(query_embeddings=query_vector, n_results=fetch, include=["distances"])
+        ids, distances = result["ids"][0], result["distances"][0]
+        settled = len(ids) < fetch or fetch >= total  # the whole collection came back
+        chosen: list[tuple[str, float]] = []
+        for image_id, distance in zip(ids, distances):
+            score = 1.0 - float(distance)
+            if score < floor:  # hits come best first: nothing further can pass the floor
+                settled = True
+                break
+            record_namespace = self._index.namespace_of(image_id)
+            if image_id == exclude or record_namespace is None or not in_namespace(record_namespace, namespace):
+                continue  # another namespace, or an add in flight that no caller has been told about
+            chosen.append((image_id, score))
+            if len(chosen) == k:
+                settled = True
+                break
+        return self._hits(collection, chosen) if settled else None
+
+    @staticmethod
+    def _hits(collection: Collection, chosen: list[tuple[str, float]]) -> list[ImageHit]:
+        """Hits for (id, score) pairs, best first, with the records read from chroma (one ``get``; fetching
+        metadata costs about as much per record as a query, so only the winners are read)."""
+        if not chosen:
+            return []
+        found = collection.get(ids=[image_id for image_id, _ in chosen], include=["metadatas"])
+        metadata_of = dict(zip(found["ids"], found["metadatas"]))
+        return [  # an id missing here was deleted since the query: leave it out
+            ImageHit(record=ImageRecord.from_metadata(image_id, metadata_of[image_id]), score=score)
+            for image_id, score in chosen
+            if image_id in metadata_of
+        ]
 
     def _query(self, collection: Collection, query_vector: np.ndarray, *, k: int, where: dict | None) -> list[ImageHit]:
         # No count() first: it scans the collection (linear in its size) and an empty query already returns [].
@@ -636,12 +800,14 @@ class ImageMemory:
         """
         with self._write_lock:
             record = self.get(image_id, namespace=namespace)
-            self._journal.begin({"op": "delete", "ids": [image_id], "txn": secrets.token_hex(4), "time": time.time()})
+            txn = secrets.token_hex(4)
+            self._journal.begin({"op": "delete", "ids": [image_id], "txn": txn, "time": time.time()})
+            self._index.discard([image_id])
             delete_ids(self._text, [image_id])
             delete_ids(self._visual, [image_id])
             if not self._hash_referenced(record.content_hash):
                 self._files.remove(record.content_hash)
-            self._journal.commit()
+            self._journal.commit(txn)
 
     # ------------------------------------------------------------------ repair
 
@@ -650,7 +816,7 @@ class ImageMemory:
         self._check_open()
         with self._write_lock:
             counts: dict[str, int] = {}
-            entries, counts["torn_journal_lines"] = self._journal.read()
+            entries, counts["torn_journal_lines"] = self._journal.pending()
             pending_adds = sorted({i for entry in entries if entry.get("op") == "add" for i in entry.get("ids", [])})
             pending_deletes = sorted(
                 {i for entry in entries if entry.get("op") == "delete" for i in entry.get("ids", [])}
@@ -681,6 +847,10 @@ class ImageMemory:
 
             removed = set(without_file) | set(incomplete)
             referenced = {meta.get("content_hash") for i, meta in visual.items() if i not in removed}
+            self._index.rebuild(
+                {i: str(meta.get("namespace", "")) for i, meta in visual.items() if i not in removed},
+                (i for i in text_ids if i not in removed and i not in dangling_text),
+            )
             counts["orphan_files"] = counts["temp_files"] = counts["unknown_files"] = 0
             for path, content_hash in self._files.scan():
                 if content_hash is not None:
@@ -709,8 +879,30 @@ def _release_quietly(client: ClientAPI, lock: RootLock) -> None:
     lock.release()
 
 
-def _in_namespace(record_namespace: str, namespace: str) -> bool:
-    return record_namespace == namespace or record_namespace.startswith(namespace + "/")
+@dataclass
+class _AddTransaction:
+    """One ``add_many`` call: its journal transaction id, the ids journalled so far and the files it created."""
+
+    txn: str
+    ids: list[str] = field(default_factory=list)
+    written_hashes: list[str] = field(default_factory=list)
+
+
+def _check_text_field(value: object, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidMemoryRequestError(f"{name} must be a string or None, got {type(value).__name__}")
+    validate_text(value, name)
+
+
+def _check_min_score(min_score: object, name: str) -> float:
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not -1.0 <= min_score <= 1.0:
+        raise InvalidMemoryRequestError(
+            f"{name} must be a number between -1 and 1 (a cosine similarity), got {min_score!r}; "
+            "use -1 to keep every hit"
+        )
+    return float(min_score)
 
 
 def _check_k(k: object, name: str) -> None:

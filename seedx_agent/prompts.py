@@ -2,10 +2,15 @@
 
 Prompts are built as segments: plain text (never scanned for tokens, so user text cannot inject image
 or box tokens) and ``Special`` added tokens. ``Prompt.text`` gives the exact official string.
+
+``check_text`` is the one validation of caller text for the whole library (prompts here, the tokenizer, the image
+memory's queries and record fields): it refuses lone surrogates, the only characters of a Python ``str`` that
+no encoding (UTF-8, SentencePiece) accepts, naming their position and the fix.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,6 +26,7 @@ __all__ = [
     "Question",
     "Turn",
     "chat_prompt",
+    "check_text",
     "comprehension_prompt",
     "edit_prompt",
     "generation_prompt",
@@ -69,6 +75,33 @@ class Prompt:
         return bool(self.segments) and isinstance(self.segments[-1], Special) and self.segments[-1] == BOI
 
 
+# U+D800..U+DFFF: halves of UTF-16 surrogate pairs. A Python str can hold them alone (e.g. from
+# ``bytes.decode(errors="surrogateescape")``, a JSON "\ud800" escape or a mis-decoded terminal argument), but no
+# encoding does: sentencepiece fails inside pybind11 and ``str.encode("utf-8")`` raises UnicodeEncodeError.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, what: str, *, error: type[Exception] = InvalidPromptError, offset: int = 0) -> str:
+    """``text`` unchanged when every character can be encoded, else ``error`` naming the first bad one.
+
+    ``what`` names the argument in the message ("question", "query", ...); ``offset`` is added to the reported
+    position when ``text`` is a piece of a longer string. Only string *content* is checked here: callers check the
+    type, emptiness and length themselves.
+    """
+    if text.isascii():
+        return text
+    match = _SURROGATE_RE.search(text)
+    if match is None:
+        return text
+    position = offset + match.start()
+    raise error(
+        f"{what} holds an invalid character {match.group()!r} at position {position}: a lone UTF-16 surrogate, "
+        "which is not text and cannot be encoded; remove it, or decode the source properly (e.g. "
+        "bytes.decode('utf-8', errors='replace') instead of errors='surrogateescape', or join a surrogate pair "
+        "with s.encode('utf-16', 'surrogatepass').decode('utf-16'))"
+    )
+
+
 def _user_text(text: str, what: str) -> str:
     if not isinstance(text, str):
         raise InvalidPromptError(f"{what} must be a string, got {type(text).__name__}")
@@ -76,7 +109,7 @@ def _user_text(text: str, what: str) -> str:
         raise InvalidPromptError(f"{what} is empty; pass a non-empty string")
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidPromptError(f"{what} has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
-    return text
+    return check_text(text, what)
 
 
 def _question(prompt: Prompt, question: Question, image_size: tuple[int, int] | None) -> None:
@@ -244,7 +277,7 @@ def chat_prompt(style: Style, turns: Sequence[Turn], num_image_tokens: int) -> P
             if turn.segments is not None:
                 prompt.segments.extend(turn.segments)
             else:
-                prompt.add_text(turn.text)
+                prompt.add_text(check_text(turn.text, f"turn {index} text"))
         else:
             raise InvalidPromptError(f"turn {index} has unknown role {turn.role!r}; use 'user' or 'assistant'")
     return prompt

@@ -11,6 +11,9 @@ shift every image mask. We reproduce the old behaviour directly on ``sentencepie
 
 Decoding joins text chunks and added tokens with single spaces, as 4.30's default
 ``spaces_between_special_tokens=True`` did.
+
+Every encode entry point checks its text with ``prompts.check_text`` first, so a lone surrogate is an
+``InvalidPromptError`` naming its position, never pybind11's ``RuntimeError`` from inside SentencePiece.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from seedx_agent.errors import CheckpointError
+from seedx_agent.errors import CheckpointError, InvalidPromptError
+from seedx_agent.prompts import check_text
 from seedx_agent.tokens import ADDED_TOKENS, InputSlot, Special
 
 __all__ = ["TINY_TOKENIZER_DIR", "SeedXTokenizer", "write_added_tokens"]
@@ -131,6 +135,7 @@ class SeedXTokenizer:
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Ids of ``text``; ``add_bos`` prepends ``<s>`` as the official ``[1] + encode(...)``."""
+        _check_str(text)
         ids = [self.bos_token_id] if add_bos else []
         for chunk in self.split(text):
             if chunk in self.added_tokens:
@@ -153,7 +158,10 @@ class SeedXTokenizer:
         token is stripped exactly as in ``split``.
         """
         merged: list[str] = []
+        offset = 0  # position of ``seg`` in the prompt's text, for the error message
         for seg in segments:
+            _check_str(seg, offset)
+            offset += len(seg)
             if isinstance(seg, Special):
                 if seg not in self.added_tokens:
                     raise KeyError(f"{seg!r} is not an added token of this tokenizer")
@@ -185,6 +193,7 @@ class SeedXTokenizer:
         Used for untrusted user text so that a prompt containing ``<img>`` or ``<loc-5>`` cannot
         inject image or box tokens (they become ordinary characters/pieces).
         """
+        _check_str(text)
         return list(self.sp.encode(text)) if text.strip() else []
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
@@ -213,6 +222,13 @@ class SeedXTokenizer:
                 raise KeyError(f"unknown token {token!r}")
             out.append(token_id)
         return out
+
+
+def _check_str(text: object, offset: int = 0) -> None:
+    """Refuse what SentencePiece cannot encode (non-strings, lone surrogates) with an ``InvalidPromptError``."""
+    if not isinstance(text, str):
+        raise InvalidPromptError(f"the tokenizer encodes strings; got {type(text).__name__} {text!r:.80}")
+    check_text(text, "the prompt text", offset=offset)
 
 
 def _write_side_files(folder: Path) -> None:

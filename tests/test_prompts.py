@@ -95,6 +95,49 @@ def test_generation_with_context_images_reads_them_in_the_same_turn():
     assert with_context.num_input_crops == 3
     assert prompts.generation_prompt("seed-x", "the fox flies", [0], 4).text == f"{image_block(4)}the fox flies<img>"
     # without context the official single-turn template is unchanged, segment for segment
-    assert prompts.generation_prompt("seed-x-i", "a cat", [], 4).segments == prompts.generation_prompt(
-        "seed-x-i", "a cat"
-    ).segments
+    assert (
+        prompts.generation_prompt("seed-x-i", "a cat", [], 4).segments
+        == prompts.generation_prompt("seed-x-i", "a cat").segments
+    )
+
+
+SURROGATE_TEXT = "a \ud800 b"  # a lone surrogate: a str can hold it, no encoding (or SentencePiece) accepts it
+
+
+@pytest.mark.parametrize(
+    ("what", "build"),
+    [
+        ("prompt", lambda text: prompts.generation_prompt("seed-x-i", text)),
+        ("prompt", lambda text: prompts.generation_prompt("seed-x", text, [1], 4)),
+        ("question", lambda text: prompts.comprehension_prompt("seed-x-i", [1], text, 4)),
+        (
+            "question",
+            lambda text: prompts.comprehension_prompt("seed-x-i", [0], [text, Box(0, 0, 4, 4)], 4, image_size=(8, 8)),
+        ),
+        ("phrase", lambda text: prompts.grounding_prompt("seed-x-i", 1, text, 4)),
+        ("instruction", lambda text: prompts.edit_prompt(1, text, 4)),
+        ("turn 0 text", lambda text: prompts.chat_prompt("seed-x-i", [prompts.Turn("user", text)], 4)),
+        (
+            "turn 1 text",
+            lambda text: prompts.chat_prompt(
+                "seed-x-i", [prompts.Turn("user", "hi"), prompts.Turn("assistant", text), prompts.Turn("user", "ok")], 4
+            ),
+        ),
+    ],
+)
+def test_lone_surrogates_are_refused_with_their_position(what, build):
+    with pytest.raises(InvalidPromptError) as caught:
+        build(SURROGATE_TEXT)
+    message = str(caught.value)
+    assert message.startswith(f"{what} holds an invalid character '\\ud800' at position 2")
+    assert "surrogate" in message and "remove it" in message
+    build("a \u00e9\u4e2d\U0001f600 b")  # real non-ASCII text (a proper astral character included) is fine
+
+
+def test_check_text_reports_the_first_bad_character_and_offsets():
+    assert prompts.check_text("plain", "x") == "plain"
+    assert prompts.check_text("caf\u00e9 \U0001f600", "x") == "caf\u00e9 \U0001f600"
+    with pytest.raises(InvalidPromptError, match="position 7"):
+        prompts.check_text("abc\udfff", "x", offset=4)  # a low surrogate alone, at 3 + offset 4
+    with pytest.raises(KeyError, match="query holds an invalid character"):
+        prompts.check_text("\ud83d\ude00", "query", error=KeyError)  # an unjoined pair is two bad characters

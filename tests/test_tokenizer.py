@@ -5,9 +5,9 @@ import json
 import pytest
 
 from seedx_agent import prompts
-from seedx_agent.errors import CheckpointError
+from seedx_agent.errors import CheckpointError, InvalidPromptError
 from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import ADDED_TOKENS, BOI, EOI, TokenIds, image_block
+from seedx_agent.tokens import ADDED_TOKENS, BOI, EOI, Special, TokenIds, image_block
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,17 @@ def test_bad_tokenizer_folders(tok, tmp_path):
     (tmp_path / "t" / "added_tokens.json").write_text("{")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         SeedXTokenizer.from_folder(tmp_path / "t")
+
+
+def test_lone_surrogates_are_a_typed_error_not_a_sentencepiece_crash(tok):
+    with pytest.raises(InvalidPromptError, match="at position 2"):
+        tok.encode("a \ud800 b")
+    with pytest.raises(InvalidPromptError, match="at position 2"):
+        tok.encode_plain("a \udfff b")
+    # A segment list reports the position in the whole prompt text (an assistant reply replayed as raw segments).
+    segments = ["[INST] ", Special(BOI), "hi \ud800", Special(EOI)]
+    with pytest.raises(InvalidPromptError, match=f"at position {len('[INST] ' + BOI + 'hi ')}"):
+        tok.encode_segments_with_mask(segments)
+    with pytest.raises(InvalidPromptError, match="encodes strings"):
+        tok.encode(None)
+    assert tok.encode("caf\u00e9 \U0001f600") == tok.sp.encode("caf\u00e9 \U0001f600")  # real non-ASCII text is fine

@@ -6,6 +6,9 @@ Modes:
   ingest    open, print ``ready``, then add and delete images forever, printing ``add <n> <id>`` after each
             add returns, ``deleting <id>`` before and ``del <id>`` after each delete (the parent SIGKILLs it
             at a random time).
+  batch     open, add one image (``kept <id>``), then store BATCH_IMAGES images in ONE ``add_many`` call of batches
+            of BATCH_SIZE, printing ``embedded <n>`` after each batch's embedder call (which sleeps a little, so the
+            parent can SIGKILL the call part-way) and ``done <count>`` once the call returned.
 Every non-loopback connection attempt is reported as a ``network <address>`` line and refused.
 """
 
@@ -15,11 +18,13 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 
 from memory_helpers import noise_image, tiny_image_embedder
 from seedx_agent.memory import ImageMemory, MemoryLockedError
 
 DISTINCT_CONTENTS = 5  # image n has the pixels of noise_image(n % 5): records share files
+BATCH_IMAGES, BATCH_SIZE, BATCH_NAMESPACE = 200, 16, "crash/batch"
 
 
 def _guard_network() -> None:
@@ -52,6 +57,8 @@ def main() -> int:
         memory.close()
         print("opened", flush=True)
         return 1
+    if mode == "batch":
+        return _batch(root)
     memory = ImageMemory.open(root, image_embedder=tiny_image_embedder)
     print(f"ready {os.getpid()}", flush=True)
     if mode == "hold":
@@ -90,6 +97,36 @@ def main() -> int:
             print(f"deleting {victim}", flush=True)
             memory.delete(victim)
             print(f"del {victim}", flush=True)
+    return 0
+
+
+def _batch(root: str) -> int:
+    calls: list[int] = []  # embedder calls of the add_many (the single add before it is not counted)
+
+    def slow_embedder(images: list) -> object:
+        vectors = tiny_image_embedder(images)
+        if kept is not None:
+            time.sleep(0.05)
+            calls.append(len(images))
+            print(f"embedded {len(calls)}", flush=True)
+        return vectors
+
+    kept = None
+    memory = ImageMemory.open(root, image_embedder=slow_embedder)
+    print(f"ready {os.getpid()}", flush=True)
+    kept = memory.add(noise_image(10_000), kind="input", namespace="crash/kept", prompt="kept")
+    print(f"kept {kept.id}", flush=True)
+    # Image n is noise_image(n % 150): most files are new, the last 50 records share files with earlier ones.
+    records = memory.add_many(
+        [noise_image(n % 150) for n in range(BATCH_IMAGES)],
+        kind="generated",
+        namespace=BATCH_NAMESPACE,
+        prompts=[f"batch item {n}" for n in range(BATCH_IMAGES)],
+        batch_size=BATCH_SIZE,
+        progress=False,
+    )
+    print(f"done {len(records)}", flush=True)
+    memory.close()
     return 0
 
 

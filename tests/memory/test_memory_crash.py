@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 from chromadb.api.models.Collection import Collection
 from memory_helpers import noise_image, solid_image, start_worker, tiny_image_embedder
-from seedx_agent.memory import ImageMemory, UnknownImageError
+from memory_worker import BATCH_IMAGES, BATCH_NAMESPACE, BATCH_SIZE
+from PIL import Image
+from seedx_agent.memory import ImageMemory, InvalidMemoryRequestError, UnknownImageError
+from seedx_agent.memory.files import Journal
+
+from seedx_agent.errors import InvalidImageError
 
 
 class ChromaDown(RuntimeError):
@@ -214,3 +219,137 @@ def test_sigkill_while_ingesting_many_times(tmp_path: Path) -> None:
     deleted: set[str] = set()
     for trial in range(20):  # the same root each time: damage must not accumulate across crashes
         run_kill_trial(root, 100 + trial, added, deleted)
+
+
+# ------------------------------------------------------------------------------------------------ add_many
+
+
+def failing_after(calls: int) -> Callable[[list[Image.Image]], np.ndarray]:
+    """The tiny embedder, raising ChromaDown on its call number ``calls + 1``."""
+    made = 0
+
+    def embedder(images: list[Image.Image]) -> np.ndarray:
+        nonlocal made
+        made += 1
+        if made > calls:
+            raise ChromaDown(f"embedder call {made}")
+        return tiny_image_embedder(images)
+
+    return embedder
+
+
+def test_failed_add_many_rolls_back_the_batches_it_already_wrote(memory_root: Path) -> None:
+    with ImageMemory.open(memory_root, image_embedder=failing_after(3)) as memory:
+        kept = memory.add(solid_image((1, 1, 1)), kind="input", namespace="u", prompt="kept")
+        with pytest.raises(ChromaDown, match="embedder call 4"):  # batches 1 and 2 were stored, batch 3 fails
+            memory.add_many(
+                [noise_image(n) for n in range(7)], kind="input", namespace="u/batch", batch_size=2, progress=False
+            )
+        assert [record.id for record in memory.find()] == [kept.id]
+        assert memory.count("u/batch") == 0 and memory.search_text("item", k=10, namespace="u") == []
+        assert image_files(memory_root) == {f"{kept.content_hash}.png"}
+        assert (memory_root / "journal.jsonl").read_bytes() == b""
+        assert memory.repair().clean
+
+
+def test_a_bad_image_late_in_add_many_stores_nothing(memory: ImageMemory, memory_root: Path) -> None:
+    images: list[object] = [noise_image(n) for n in range(9)]
+    images[7] = b"not an image at all"
+    with pytest.raises(InvalidImageError):
+        memory.add_many(images, kind="input", namespace="u", batch_size=3, progress=False)
+    assert memory.find() == [] and image_files(memory_root) == set()
+    with pytest.raises(InvalidMemoryRequestError, match="prompt 4 holds an invalid character"):  # checked up front
+        memory.add_many(
+            [noise_image(n) for n in range(6)],
+            kind="input",
+            namespace="u",
+            prompts=[f"p{n}" if n != 4 else "bad \ud800" for n in range(6)],
+            batch_size=2,
+            progress=False,
+        )
+    assert memory.find() == [] and image_files(memory_root) == set()
+
+
+def test_crash_mid_add_many_is_rolled_back_on_open(memory_root: Path) -> None:
+    memory = reopen(memory_root)
+    kept = memory.add(solid_image((1, 1, 1)), kind="input", namespace="u", prompt="kept")
+    added = 0
+    original_add = Collection.add
+
+    def add_then_die(self: Collection, *args: object, **kwargs: object) -> object:
+        nonlocal added
+        if self.name.endswith("_images_visual"):
+            added += 1
+            if added == 3:  # the third batch dies; the first two are in chroma
+                raise ChromaDown("add on the third batch")
+        return original_add(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Collection, "add", add_then_die)
+        fail_on(patch, "delete", "_images_text")  # the in-process rollback dies too: as if the process did
+        with pytest.raises(ChromaDown):
+            memory.add_many(
+                [noise_image(n) for n in range(6)], kind="input", namespace="u", prompts=["x"] * 6, batch_size=2
+            )
+        memory.close()
+    assert (memory_root / "journal.jsonl").read_bytes() != b""
+    with reopen(memory_root) as repaired:
+        assert repaired.last_repair.rolled_back_adds == 4  # both stored batches, although each had "committed"
+        assert [record.id for record in repaired.find()] == [kept.id]
+        assert image_files(memory_root) == {f"{kept.content_hash}.png"}
+        assert repaired.repair().clean
+
+
+def test_journal_keeps_an_open_transaction_when_another_commits(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.jsonl")
+    journal.begin({"op": "add", "ids": ["img_000000000000000a"], "txn": "a"})
+    journal.begin({"op": "add", "ids": ["img_000000000000000b"], "txn": "b"})
+    journal.begin({"op": "add", "ids": ["img_000000000000000c"], "txn": "a"})  # a second batch of "a"
+    journal.commit("b")  # "b" finished first: "a" must still be repaired after a crash now
+    pending, torn = Journal(tmp_path / "journal.jsonl").pending()  # as the next open reads it
+    assert torn == 0 and [entry["ids"] for entry in pending] == [["img_000000000000000a"], ["img_000000000000000c"]]
+    journal.commit("a")
+    assert (tmp_path / "journal.jsonl").read_bytes() == b""
+
+
+def run_batch_kill_trial(root: Path, kill_after_batches: int) -> None:
+    """One 200-image ``add_many`` in a subprocess, SIGKILLed after its ``kill_after_batches``-th embedder call;
+    after reopening, that call's records are all there or none are: never a partial count."""
+    worker = start_worker("batch", root)
+    lines: list[str] = []
+    try:
+        while True:
+            line = worker.stdout.readline()
+            assert line, "the worker ended early: " + worker.stderr.read()
+            lines.append(line.rstrip("\n"))
+            if line.startswith(("embedded", "done")) and (
+                line.startswith("done") or int(line.split()[1]) >= kill_after_batches
+            ):
+                break
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        output, _ = worker.communicate(timeout=30)
+    lines += output.split("\n")[:-1]
+    (kept,) = [line.split()[1] for line in lines if line.startswith("kept ")]
+    acknowledged = any(line.startswith("done") for line in lines)
+
+    with reopen(root) as memory:
+        stored = memory.count(BATCH_NAMESPACE)
+        assert stored in (0, BATCH_IMAGES), f"a partial batch survived: {stored} of {BATCH_IMAGES} records"
+        if acknowledged:
+            assert stored == BATCH_IMAGES
+        if not acknowledged and kill_after_batches >= 2:  # batches were stored before the kill: repair undid them
+            assert memory.last_repair.rolled_back_adds >= BATCH_SIZE or stored == BATCH_IMAGES
+        assert [record.id for record in memory.find(namespace="crash/kept")] == [kept]
+        records = memory.find()
+        assert image_files(root) == {f"{record.content_hash}.png" for record in records}
+        assert {hit.record.id for hit in memory.search_text("batch item kept", k=1000, min_score=-1)} == {
+            record.id for record in records
+        }
+        assert (root / "journal.jsonl").read_bytes() == b""
+        assert memory.repair().clean
+
+
+@pytest.mark.parametrize("kill_after_batches", [2, 5, 8])
+def test_sigkill_during_a_200_image_add_many_leaves_all_or_nothing(tmp_path: Path, kill_after_batches: int) -> None:
+    run_batch_kill_trial(tmp_path / "memory", kill_after_batches)

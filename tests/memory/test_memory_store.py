@@ -10,6 +10,7 @@ import pytest
 from memory_helpers import EMBED_DIM, noise_image, solid_image, tiny_image_embedder
 from PIL import Image
 from seedx_agent.memory import (
+    DEFAULT_MIN_TEXT_SCORE,
     EmbeddingMismatchError,
     HashingTextEmbeddings,
     ImageMemory,
@@ -99,13 +100,14 @@ def test_search_by_text(memory: ImageMemory) -> None:
     red = memory.add(solid_image((250, 0, 0)), kind="generated", namespace="u", prompt="a red car on a road")
     blue = memory.add(solid_image((0, 0, 250)), kind="generated", namespace="u", prompt="a blue boat at sea")
     memory.add(solid_image((0, 250, 0)), kind="input", namespace="u")  # no text: not in the text index
-    hits = memory.search_text("red car", k=5)
+    hits = memory.search_text("red car", k=5, min_score=-1)  # no floor: every text record, best first
     assert [hit.record.id for hit in hits] == [red.id, blue.id]
     embedder = HashingTextEmbeddings()
     query = embedder.embed_text("red car")
     expected = [float(query @ embedder.embed_text(text)) for text in ("a red car on a road", "a blue boat at sea")]
     assert [hit.score for hit in hits] == pytest.approx(expected, abs=1e-5)
-    assert expected[0] > 0.4 and abs(expected[1]) < 0.2
+    assert expected[0] > 0.4 and abs(expected[1]) < DEFAULT_MIN_TEXT_SCORE
+    assert [hit.record.id for hit in memory.search_text("red car", k=5)] == [red.id]  # the floor drops the boat
     assert [hit.record.id for hit in memory.search_text("boat", k=1)] == [blue.id]
     with pytest.raises(InvalidMemoryRequestError, match="non-empty"):
         memory.search_text("   ")

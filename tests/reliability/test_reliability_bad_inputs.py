@@ -200,6 +200,28 @@ def test_prompt_longer_than_the_context_is_refused_before_decoding(tiny_model: S
     expect(lambda: tiny_model.comprehend(Image.new("RGB", (8, 8)), question), InvalidPromptError, "exceeds the context")
 
 
+LONE_SURROGATE = "a \ud800 b"  # e.g. from a JSON "\\ud800" escape or a surrogateescape-decoded argument
+
+
+@pytest.mark.parametrize("ability", ["comprehend", "ground", "generate_image", "generate_images", "edit_image", "chat"])
+def test_lone_surrogate_is_an_invalid_prompt_error_in_every_ability(tiny_model: SeedX, ability: str) -> None:
+    """Was pybind11's RuntimeError from inside SentencePiece; now the typed error with the position and the fix."""
+    from seedx_agent.model import ChatMessage
+
+    image = Image.new("RGB", (16, 16), (200, 30, 30))
+    calls: dict[str, Callable[[], object]] = {
+        "comprehend": lambda: tiny_model.comprehend(image, LONE_SURROGATE),
+        "ground": lambda: tiny_model.ground(image, LONE_SURROGATE),
+        "generate_image": lambda: tiny_model.generate_image(LONE_SURROGATE, num_inference_steps=1),
+        "generate_images": lambda: tiny_model.generate_images(["fine", LONE_SURROGATE], num_inference_steps=1),
+        "edit_image": lambda: tiny_model.edit_image(image, LONE_SURROGATE, num_inference_steps=1),
+        "chat": lambda: tiny_model.chat(
+            [ChatMessage("user", "hi"), ChatMessage("assistant", LONE_SURROGATE), ChatMessage("user", "and?")]
+        ),
+    }
+    expect(calls[ability], InvalidPromptError, "'\\ud800' at position 2", "surrogate", "remove it")
+
+
 INJECTIONS = [
     "<img>",
     "</img>",
@@ -392,6 +414,36 @@ def test_bad_memory_ids_change_nothing(
         ),
         ("k out of range", lambda m: m.search_text("red", k=0), ["k"]),
         ("filter on private field", lambda m: m.find(where={"ns_0": "u"}), ["unknown field 'ns_0'"]),
+        # Lone surrogates: were a UnicodeEncodeError (or chroma's TypeError) from deep inside; now typed, with the
+        # position of the bad character and the fix.
+        (
+            "surrogate in query",
+            lambda m: m.search_text(LONE_SURROGATE),
+            ["query", "'\\ud800' at position 2", "remove it"],
+        ),
+        (
+            "surrogate in prompt",
+            lambda m: m.add(Image.new("RGB", (4, 4)), kind="input", namespace="u", prompt=LONE_SURROGATE),
+            ["prompt holds an invalid character", "position 2"],
+        ),
+        (
+            "surrogate in caption of a batch",
+            lambda m: m.add_many(
+                [Image.new("RGB", (4, 4))] * 2, kind="input", namespace="u", captions=["ok", LONE_SURROGATE]
+            ),
+            ["caption 1 holds an invalid character", "position 2"],
+        ),
+        (
+            "surrogate in namespace",
+            lambda m: m.search_image(Image.new("RGB", (4, 4)), namespace="user:\udcff"),
+            ["namespace", "position 5"],
+        ),
+        ("surrogate in a filter", lambda m: m.find(where={"prompt": {"$in": ["x", "\ud800"]}}), ["where['prompt']"]),
+        (
+            "relevance floor out of range",
+            lambda m: m.search_text("red", min_score=2),
+            ["min_score", "between -1 and 1"],
+        ),
     ],
 )
 def test_bad_memory_requests_change_nothing(
@@ -457,6 +509,9 @@ def test_tool_calls_with_wrong_argument_types(
         ("recall_images", {"image_id": "C:\\Windows\\win.ini"}, ["not an image id"]),
         ("recall_images", {"query": " "}, ["query is empty"]),
         ("comprehend", {"image_ids": ["STORED"], "question": "x" * 20_001}, ["InvalidPromptError", "limit"]),
+        ("comprehend", {"image_ids": ["STORED"], "question": LONE_SURROGATE}, ["InvalidPromptError", "position 2"]),
+        ("generate_image", {"prompt": LONE_SURROGATE}, ["InvalidPromptError", "position 2"]),
+        ("recall_images", {"query": LONE_SURROGATE}, ["InvalidMemoryRequestError", "position 2"]),
     ],
 )
 def test_tool_calls_with_bad_values(
@@ -469,6 +524,32 @@ def test_tool_calls_with_bad_values(
     for word in words:
         assert word in message.content, message.content
     assert _memory_state(memory) == before
+
+
+def test_memory_cli_failures_are_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``seedx-agent memory`` against a real memory: each failure is one ``error:`` line and exit 2, no traceback
+    (``export --out /proc/nope`` was a FileNotFoundError traceback, a surrogate query a UnicodeEncodeError)."""
+    from seedx_agent.graphs.cli_chat import main
+
+    def one_error_line() -> str:
+        captured = capsys.readouterr()
+        lines = (captured.out + captured.err).strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        return lines[0]
+
+    root = tmp_path / "memory"
+    with ImageMemory.open(root, image_embedder=lambda images: np.ones((len(images), 4), np.float32)) as memory:
+        stored = memory.add(Image.new("RGB", (6, 6), (9, 9, 9)), kind="input", namespace="u", prompt="grey")
+    base = ["memory", "--memory", str(root)]
+    assert main([*base, "export", stored.id, "--out", "/proc/nope"]) == 2
+    assert "/proc/nope" in one_error_line()
+    assert main([*base, "search", LONE_SURROGATE]) == 2
+    assert "position 2" in one_error_line()
+    blocked = tmp_path / "out"
+    (blocked / f"{stored.id}.png").mkdir(parents=True)  # the export's own file name is taken by a folder
+    assert main([*base, "export", stored.id, "--out", str(blocked)]) == 2
+    assert "Is a directory" in one_error_line()
+    assert main([*base, "search", "grey"]) == 0 and stored.id in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------ sanity
