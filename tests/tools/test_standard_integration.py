@@ -160,6 +160,14 @@ class _ChatSeedXIntegration(ChatModelIntegrationTests):
         super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
 
 
+    @pytest.mark.skip(
+        reason="the suite times a replayed HTTP cassette (the vcr fixture of pytest-recording, which our pytest "
+        "configuration disables because it undoes the test-wide network guard); ChatSeedX makes no HTTP calls"
+    )
+    def test_stream_time(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("skipped")
+
+
 class TestChatSeedXMini(_ChatSeedXIntegration):
     model_spec = "mini"
 
