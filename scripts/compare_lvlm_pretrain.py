@@ -26,12 +26,12 @@ from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.miniature import world
+from seedx_agent.miniature.probes import teacher_forced_exact
+from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.training.examples import collate
 from seedx_agent.training.loop import LoopConfig
-from seedx_agent.training.probes import teacher_forced_exact
 from seedx_agent.training.recipes import _load_module, frozen, lvlm_forward, lvlm_pretrain
-from seedx_agent.training.world_data import WorldData
 from seedx_agent.vision import QwenViT
 
 SCORED_TASKS = ("caption", "vqa", "grounding")

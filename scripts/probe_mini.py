@@ -1,6 +1,6 @@
 """Where does a trained miniature lose the scene? Prints ridge-probe accuracies of per-cell kind/colour at
 each hand-off (ViT tokens, the LLM's input-resampler tokens, the de-tokenizer's perceiver outputs) and the
-stage-1 de-tokenizer's loss per timestep band with own vs. swapped features (``training/probes.py``).
+stage-1 de-tokenizer's loss per timestep band with own vs. swapped features (``miniature/probes.py``).
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/probe_mini.py [mini | runs/<run>/model] [--threads 2]
 """
@@ -13,10 +13,10 @@ import time
 import torch
 
 from seedx_agent.anyres import THUMBNAIL_POSITION
+from seedx_agent.miniature.probes import cell_probes, conditioning_use
+from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.model import SeedX
-from seedx_agent.training.probes import cell_probes, conditioning_use
 from seedx_agent.training.recipes import vit_features
-from seedx_agent.training.world_data import WorldData
 
 
 def main() -> None:

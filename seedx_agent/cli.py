@@ -137,8 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from seedx_agent.config import SeedXConfig
     from seedx_agent.errors import ConfigError
     from seedx_agent.graphs.cli_chat import check_output_folder
+    from seedx_agent.miniature.recipe import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
     from seedx_agent.training.loop import distributed_context
-    from seedx_agent.training.recipes import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
 
     if args.recipe != "mini":
         raise SystemExit("only the 'mini' recipe runs from the CLI so far; use seedx_agent.training.recipes in Python")

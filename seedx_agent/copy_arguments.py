@@ -2,7 +2,7 @@
 
 SEED-X's tool requests repeat the user's own words: "Find the red circle in #1." becomes
 ``{"image_id": "#1", "phrase": "the red circle"}``, and an edit instruction, a generation prompt or a recall
-query is lifted from the request the same way (that is how ``training.tool_dialogs`` writes them). A small
+query is lifted from the request the same way (that is how ``miniature.tool_dialogs`` writes them). A small
 planner knows which tool to call and where the quoted text starts, but it drifts while copying: it writes
 a plausible phrase of its own. The bundled miniature did this in most held-out calls, and training on copy
 drills did not fix it (README, agent row).

@@ -490,7 +490,7 @@ class Detokenizer(nn.Module):
         ``uncond_prob`` swaps a row's conditioning for ``negative_features`` (classifier-free training);
         ``condition_drop_prob`` zeroes a row's condition latents (the three-way CFG's no-image branch).
         ``time_ids`` (B, 6) default to [H, W, 0, 0, H, W]. ``timesteps`` (B,) fixes each row's noise level
-        (diagnostics such as ``training.probes.conditioning_use``); by default they are uniform over the
+        (diagnostics such as ``miniature.probes.conditioning_use``); by default they are uniform over the
         training steps. The VAE is not trained.
         """
         _check_features("features", features, self.config.perceiver.input_dim)

@@ -1,7 +1,7 @@
 """The text protocol between SEED-X as a planner and its tools, as plain strings (no LangChain here).
 
 ``seedx_agent.tools.ChatSeedX`` renders conversations with it, the chat agent graph wraps tool output with it
-and the miniature's agent-tuning data (``seedx_agent.training.tool_dialogs``) is written with it, so the
+and the miniature's agent-tuning data (``seedx_agent.miniature.tool_dialogs``) is written with it, so the
 model is trained on exactly the text it reads at inference. The wire forms:
 
 * tool specs in the system preamble: ``full`` (name, description and JSON schema per tool, for large models)

@@ -102,6 +102,42 @@ def test_the_floor_check_catches_a_wrong_import(tmp_path: Path) -> None:
     ]
 
 
+# The miniature builds on training/, never the other way round: no training module imports the miniature.
+TRAINING = ROOT / "seedx_agent" / "training"
+
+
+def miniature_imports(path: Path, package: str) -> list[str]:
+    return sorted(m for m in imported_modules(path, package) if m.startswith("seedx_agent.miniature"))
+
+
+def test_training_does_not_import_the_miniature() -> None:
+    files = sorted(TRAINING.glob("**/*.py"))
+    offenders = {}
+    for path in files:
+        package = ".".join(("seedx_agent.training", *path.relative_to(TRAINING).parent.parts))
+        if found := miniature_imports(path, package):
+            offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}, f"training code imports the miniature (the miniature builds on training): {offenders}"
+    assert len(files) >= 4  # the walk really saw the folder
+
+
+def test_the_training_check_catches_a_miniature_import(tmp_path: Path) -> None:
+    bad = tmp_path / "recipes.py"
+    bad.write_text(
+        "from seedx_agent.miniature import world\n"
+        "from seedx_agent.training.loop import run_loop\n"
+        "from ..miniature.world_data import WorldData\n"
+        "def f():\n    import seedx_agent.miniature.recipe\n"
+    )
+    assert miniature_imports(bad, "seedx_agent.training") == [
+        "seedx_agent.miniature",
+        "seedx_agent.miniature.recipe",
+        "seedx_agent.miniature.world",
+        "seedx_agent.miniature.world_data",
+        "seedx_agent.miniature.world_data.WorldData",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- package root
 
 

@@ -25,9 +25,9 @@ from seedx_agent.miniature.evaluate import (
     score_reconstruction,
     score_text,
 )
+from seedx_agent.miniature.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog
 from seedx_agent.model import ChatMessage
 from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
-from seedx_agent.training.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog
 
 __all__ = ["ALL_TASKS", "EVAL_TASKS", "WORKFLOW_TASKS", "evaluate_model", "heldout_dialogs"]
 

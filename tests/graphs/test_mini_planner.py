@@ -19,8 +19,8 @@ from seedx_agent.tools import ChatSeedX, make_seedx_tools
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.miniature import world
+from seedx_agent.miniature.tool_dialogs import RECALL_K
 from seedx_agent.model import SeedX
-from seedx_agent.training.tool_dialogs import RECALL_K
 
 NAMESPACE = "user:test/thread:mini-planner"
 SCENE = world.Scene(

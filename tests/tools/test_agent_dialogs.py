@@ -1,6 +1,6 @@
 """The miniature's agent-tuning dialogs are token for token what ``ChatSeedX`` renders inside the chat agent.
 
-``seedx_agent.training.tool_dialogs`` lives in the core (no LangChain); here each dialog is replayed as the
+``seedx_agent.miniature.tool_dialogs`` needs no LangChain; here each dialog is replayed as the
 LangChain messages the chat agent holds (request, AI tool call, wrapped tool result) and rendered through
 ``render_messages`` with the real tools bound in the compact style.
 """
@@ -20,12 +20,12 @@ from seedx_agent.tools.chat_model import render_messages
 from seedx_agent import prompts
 from seedx_agent.config import SeedXConfig
 from seedx_agent.engine import SeedXEngine
+from seedx_agent.miniature.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog, scramble_free_text
+from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.model import SeedX
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tool_protocol import IdAliases, tool_specs_text
 from seedx_agent.training.examples import IGNORE_INDEX, chat_example
-from seedx_agent.training.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog, scramble_free_text
-from seedx_agent.training.world_data import WorldData
 
 NAMESPACE = "user:test/thread:agent"
 

@@ -12,9 +12,7 @@ from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature import world
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.examples import IGNORE_INDEX, collate
-from seedx_agent.training.probes import (
+from seedx_agent.miniature.probes import (
     BandLoss,
     _ridge_accuracies,
     cell_probes,
@@ -22,8 +20,10 @@ from seedx_agent.training.probes import (
     ridge_probe,
     teacher_forced_exact,
 )
+from seedx_agent.miniature.world_data import WorldData, scene_targets
+from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.training.examples import IGNORE_INDEX, collate
 from seedx_agent.training.recipes import lvlm_loss, vit_features
-from seedx_agent.training.world_data import WorldData, scene_targets
 
 
 def _labels(n: int, cells: int, classes: int, seed: int) -> torch.Tensor:

@@ -12,30 +12,32 @@ import torch
 from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
+from seedx_agent.miniature.recipe import (
+    MiniSchedule,
+    ViTWorldHeads,
+    _cell_pooling,
+    assemble_mini,
+    input_resampler_align,
+    run_mini,
+    vit_world_pretrain,
+)
+from seedx_agent.miniature.world_data import KIND_CLASSES, WorldData
 from seedx_agent.model import SeedX
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.training.examples import collate
 from seedx_agent.training.loop import LoopConfig
 from seedx_agent.training.recipes import (
     LoraSettings,
-    MiniSchedule,
-    ViTWorldHeads,
-    _cell_pooling,
     apply_lora,
-    assemble_mini,
     detokenizer_stage1,
     detokenizer_stage2,
-    input_resampler_align,
     lvlm_loss,
     lvlm_pretrain,
     lvlm_sft,
     merge_lora,
-    run_mini,
     stage2_from_stage1,
     vit_features,
-    vit_world_pretrain,
 )
-from seedx_agent.training.world_data import KIND_CLASSES, WorldData
 from seedx_agent.vision import pool_tokens_4to1
 
 

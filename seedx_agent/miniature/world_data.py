@@ -19,6 +19,7 @@ from seedx_agent.anyres import preprocess, vit_transform
 from seedx_agent.config import SeedXConfig
 from seedx_agent.detokenizer import pil_to_tensor
 from seedx_agent.miniature import world
+from seedx_agent.miniature.tool_dialogs import random_dialog
 from seedx_agent.tokenizer import SeedXTokenizer
 from seedx_agent.tokens import BOX_START
 from seedx_agent.training.examples import (
@@ -29,7 +30,6 @@ from seedx_agent.training.examples import (
     edit_example,
     generation_example,
 )
-from seedx_agent.training.tool_dialogs import random_dialog
 
 __all__ = ["LVLM_TASK_WEIGHTS", "SceneBatch", "WorldData", "scene_targets"]
 

@@ -23,9 +23,9 @@ import torch
 from seedx_agent.detokenizer import Detokenizer
 from seedx_agent.errors import ConfigError
 from seedx_agent.lvlm import SeedXLVLM
+from seedx_agent.miniature.world_data import SceneBatch, WorldData, scene_targets
 from seedx_agent.training.examples import IGNORE_INDEX, TrainingExample, collate
 from seedx_agent.training.recipes import lvlm_forward, vit_features
-from seedx_agent.training.world_data import SceneBatch, WorldData, scene_targets
 from seedx_agent.vision import QwenViT, pool_tokens_4to1
 
 __all__ = ["BandLoss", "cell_probes", "conditioning_use", "ridge_probe", "teacher_forced_exact"]
