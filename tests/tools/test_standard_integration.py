@@ -160,12 +160,13 @@ class _ChatSeedXIntegration(ChatModelIntegrationTests):
         super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
 
 
-    @pytest.mark.skip(
+    @pytest.mark.xfail(
         reason="the suite times a replayed HTTP cassette (the vcr fixture of pytest-recording, which our pytest "
-        "configuration disables because it undoes the test-wide network guard); ChatSeedX makes no HTTP calls"
+        "configuration disables because it undoes the test-wide network guard); ChatSeedX makes no HTTP calls",
+        run=False,
     )
     def test_stream_time(self, *args: object, **kwargs: object) -> None:
-        raise AssertionError("skipped")
+        super().test_stream_time(*args, **kwargs)  # type: ignore[misc]
 
 
 class TestChatSeedXMini(_ChatSeedXIntegration):
