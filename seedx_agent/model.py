@@ -231,8 +231,9 @@ class SeedX:
         root = Path(path)
         if not root.exists():
             raise CheckpointError(
-                f"checkpoint folder {str(root)!r} does not exist; pass an existing folder, 'mini', or a preset "
-                f"name for random weights ({', '.join(sorted(PRESETS))})"
+                f"checkpoint folder {str(root)!r} does not exist; pass an existing folder or 'mini' (the bundled "
+                "trained miniature); for random weights use SeedX.from_preset with one of "
+                f"{', '.join(sorted(set(PRESETS) - {'mini'}))} (or 'mini' for the miniature's geometry)"
             )
         dmap = _device_map(device, device_map)
         if (root / "manifest.json").is_file():

@@ -130,8 +130,11 @@ def test_prompt_injection_does_not_open_an_image(model):
 def test_from_pretrained_errors(tmp_path):
     with pytest.raises(ConfigError, match="preset"):
         SeedX.from_pretrained("tiny-random")
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(Exception, match="does not exist") as caught:
         SeedX.from_pretrained(tmp_path / "missing")
+    message = str(caught.value)  # 'mini' is the bundled trained model, not listed among the random presets
+    assert "'mini' (the bundled trained miniature)" in message and "tiny-random" in message
+    assert "one of " in message and "mini" not in message.split("one of ")[1].split(" (or")[0]
 
 
 def test_save_and_from_pretrained_round_trip(model, scene, tmp_path):
