@@ -55,10 +55,16 @@ def _parse_region(region: str) -> tuple[int | None, int | None]:
     return row, col
 
 
-def box_region(box: Box, width: int, height: int) -> str:
-    """The 3x3 region of a pixel box's centre, e.g. "top left", "center", "bottom"."""
+def _cell(box: Box, width: int, height: int) -> tuple[int, int]:
+    """(row, col) of the box centre in a 3x3 grid over the image."""
     col = min(2, max(0, int((box.x1 + box.x2) / 2 / width * 3)))
     row = min(2, max(0, int((box.y1 + box.y2) / 2 / height * 3)))
+    return row, col
+
+
+def box_region(box: Box, width: int, height: int) -> str:
+    """The 3x3 region of a pixel box's centre, e.g. "top left", "center", "bottom"."""
+    row, col = _cell(box, width, height)
     if (row, col) == (1, 1):
         return "center"
     return " ".join(part for part in (_ROWS[row] if row != 1 else "", _COLS[col] if col != 1 else "") if part)
@@ -67,8 +73,7 @@ def box_region(box: Box, width: int, height: int) -> str:
 def in_region(box: Box, width: int, height: int, region: str) -> bool:
     """Whether the box centre lies in ``region`` (a region name leaves unmentioned axes free)."""
     want_row, want_col = _parse_region(region)
-    col = min(2, max(0, int((box.x1 + box.x2) / 2 / width * 3)))
-    row = min(2, max(0, int((box.y1 + box.y2) / 2 / height * 3)))
+    row, col = _cell(box, width, height)
     return (want_row is None or want_row == row) and (want_col is None or want_col == col)
 
 

@@ -36,7 +36,7 @@ from seedx_agent.errors import ConfigError, InvalidPromptError
 from .checks import run_checks
 from .planning import Check, EditFix, RefinePlan, as_planner, plan_checked
 
-__all__ = ["RefineInput", "RefineState", "Verdict", "create_refine_graph", "make_refine_graph"]
+__all__ = ["RefineInput", "RefineState", "Verdict", "best_version", "create_refine_graph", "make_refine_graph"]
 
 
 class Verdict(TypedDict):
@@ -70,6 +70,12 @@ class RefineState(TypedDict, total=False):
     verified: bool
     best_image_id: str  # the version that passed the most checks (the earliest on a tie): the answer to use
     stopped: str | None  # why the loop ended without verification ("rounds", "declined")
+
+
+def best_version(verdicts: list[Verdict]) -> int:
+    """Index of the verdict whose version passed the most checks, the earliest on a tie: the loop's answer."""
+    passed = [sum(check["passed"] for check in verdict["checks"]) for verdict in verdicts]
+    return passed.index(max(passed))
 
 
 def _check_seed(seed: object) -> int:
@@ -143,10 +149,8 @@ def create_refine_graph(
         verified = all(r["passed"] for r in results)
         verdict: Verdict = {"image_id": image_id, "round": round_index, "verified": verified, "checks": results}
         write({"event": "verify_end", "image_id": image_id, "round": round_index, "verified": verified})
-        passed = sum(r["passed"] for r in results)
-        earlier = [v for v in state.get("verdicts") or [] if v["image_id"] == state.get("best_image_id")]
-        best_so_far = sum(c["passed"] for c in earlier[0]["checks"]) if earlier else -1
-        best = image_id if passed > best_so_far else state["best_image_id"]
+        verdicts = [*(state.get("verdicts") or []), verdict]
+        best = verdicts[best_version(verdicts)]["image_id"]
         return {"verdicts": [verdict], "verified": verified, "best_image_id": best}
 
     def fix(state: RefineState) -> dict[str, Any]:

@@ -198,6 +198,10 @@ class SeedXToolbox:
         read_namespace: str | None = None,
     ) -> None:
         validate_namespace(namespace)
+        if default_steps is not None and (
+            isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps < 1
+        ):
+            raise ConfigError(f"default_steps must be a positive int or None (model default), got {default_steps!r}")
         self.read_namespace = validate_namespace(read_namespace or namespace, argument="read_namespace")
         if not (namespace + "/").startswith(self.read_namespace + "/"):
             raise ConfigError(f"namespace {namespace!r} must lie inside read_namespace {self.read_namespace!r}")
@@ -360,11 +364,6 @@ def make_seedx_tools(
     Ids are looked up only inside ``namespace`` (and below it). ``default_steps`` overrides the diffusion
     step count of generation and editing (``None`` keeps the model's default).
     """
-    validate_namespace(namespace)
-    if default_steps is not None and (
-        isinstance(default_steps, bool) or not isinstance(default_steps, int) or default_steps < 1
-    ):
-        raise ConfigError(f"default_steps must be a positive int or None (model default), got {default_steps!r}")
     box = SeedXToolbox(engine, memory, namespace, default_steps)
     specs: list[tuple[Callable[..., tuple[str, dict[str, Any]]], type[BaseModel]]] = [
         (box.comprehend, ComprehendArgs),

@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 from seedx_agent.engine import SeedXEngine
-from seedx_agent.graphs.refine import create_refine_graph
+from seedx_agent.graphs.refine import best_version, create_refine_graph
 from seedx_agent.graphs.slides import create_slides_graph
 from seedx_agent.graphs.story import create_story_graph
 from seedx_agent.memory import ImageMemory
@@ -107,11 +107,10 @@ def run_workflow_task(
             bench.memory.close()
 
 
-def answer_after(passed: list[int], rounds: int) -> int:
-    """The version the refine graph answers with when stopped after ``rounds`` corrections: the one that
-    passed the most checks, the earliest on a tie (``passed[i]``: checks version i passed)."""
-    seen = passed[: min(rounds, len(passed) - 1) + 1]
-    return seen.index(max(seen))
+def answer_after(verdicts: list[Any], rounds: int) -> int:
+    """The version the refine graph answers with when stopped after ``rounds`` corrections (its own rule,
+    ``best_version``, over the verdicts it would have seen)."""
+    return best_version(verdicts[: min(rounds, len(verdicts) - 1) + 1])
 
 
 def _refine(bench: _Workbench, n: int, seed: int, report: Report, on_sample: Sink | None, advance: Any) -> None:
@@ -133,23 +132,22 @@ def _refine(bench: _Workbench, n: int, seed: int, report: Report, on_sample: Sin
             score_generation(bench.picture(v["image_id"]), sample.scene, check_size=sample.mentions_size)["all_ok"]
             for v in final["versions"]
         ]
-        passed = [sum(c["passed"] for c in v["checks"]) for v in final["verdicts"]]
         default = min(REFINE_DEFAULT_ROUNDS, len(ok) - 1)
         scores: dict[str, float | bool] = {
             "single_shot": ok[0],
-            "refined": ok[answer_after(passed, REFINE_DEFAULT_ROUNDS)],
+            "refined": ok[answer_after(final["verdicts"], REFINE_DEFAULT_ROUNDS)],
             "refined_last": ok[default],
             "rounds": float(default),
             "verified": bool(final["verified"]) and final["round"] <= REFINE_DEFAULT_ROUNDS,
         }
         # The verifier itself, judged by pixels on the first picture: does it accept right ones, reject wrong ones?
-        first_accepted = passed[0] == len(final["verdicts"][0]["checks"])
+        first_accepted = all(check["passed"] for check in final["verdicts"][0]["checks"])
         if ok[0]:
             scores["verifier_accepts_right"] = first_accepted
         else:
             scores["verifier_rejects_wrong"] = not first_accepted
         for rounds in REFINE_CURVE_ROUNDS:
-            scores[f"refined_r{rounds}"] = ok[answer_after(passed, rounds)]
+            scores[f"refined_r{rounds}"] = ok[answer_after(final["verdicts"], rounds)]
             scores[f"seconds_r{rounds}"] = reached[min(rounds, len(reached) - 1)]
         report.add_scores("refine", scores)
         if on_sample is not None:

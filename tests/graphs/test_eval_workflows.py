@@ -35,10 +35,14 @@ def test_slide_text_is_read_back_into_the_scene_it_describes() -> None:
 
 
 def test_refine_answers_with_the_version_that_passed_most_checks() -> None:
-    assert answer_after([2, 1, 1, 3], 0) == 0
-    assert answer_after([2, 1, 1, 3], 2) == 0  # corrections that made it worse are not the answer
-    assert answer_after([2, 1, 1, 3], 3) == 3 and answer_after([2, 1, 1, 3], 9) == 3
-    assert answer_after([1, 3, 3], 4) == 1  # the earliest on a tie
+    def verdicts(passed: list[int]) -> list[dict]:
+        """Verdicts whose versions passed ``passed[i]`` of four checks."""
+        return [{"checks": [{"passed": i < n} for i in range(4)]} for n in passed]
+
+    assert answer_after(verdicts([2, 1, 1, 3]), 0) == 0
+    assert answer_after(verdicts([2, 1, 1, 3]), 2) == 0  # corrections that made it worse are not the answer
+    assert answer_after(verdicts([2, 1, 1, 3]), 3) == 3 and answer_after(verdicts([2, 1, 1, 3]), 9) == 3
+    assert answer_after(verdicts([1, 3, 3]), 4) == 1  # the earliest on a tie
 
 
 def test_workflow_tasks_run_and_report_on_tiny_random() -> None:

@@ -12,7 +12,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 from PIL import Image
 from seedx_agent.memory import ImageMemory
-from seedx_agent.tools import annotate_boxes, make_seedx_tools, memory_image_embedder
+from seedx_agent.tools import SeedXToolbox, annotate_boxes, make_seedx_tools, memory_image_embedder
 
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError
@@ -64,6 +64,9 @@ def test_factory_builds_five_described_tools(tools: dict[str, BaseTool]) -> None
 def test_factory_rejects_bad_default_steps(engine: SeedXEngine, memory: ImageMemory) -> None:
     with pytest.raises(ConfigError, match="default_steps"):
         make_seedx_tools(engine, memory, namespace=NAMESPACE, default_steps=0)
+    for bad in (0, True, 2.5):  # the toolbox the graphs build directly checks the same
+        with pytest.raises(ConfigError, match="default_steps"):
+            SeedXToolbox(engine, memory, NAMESPACE, bad)  # type: ignore[arg-type]
 
 
 def test_memory_image_embedder_gives_unit_vit_vectors(engine: SeedXEngine) -> None:
