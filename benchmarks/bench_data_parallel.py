@@ -22,10 +22,10 @@ import torch
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from seedx_agent.components import build_components
     from seedx_agent.config import SeedXConfig
     from seedx_agent.miniature.world_data import WorldData
-    from seedx_agent.tokenizer import SeedXTokenizer
+    from seedx_agent.pipeline.components import build_components
+    from seedx_agent.pipeline.tokenizer import SeedXTokenizer
     from seedx_agent.training.loop import LoopConfig, distributed_context, run_loop
     from seedx_agent.training.recipes import _detok_step
 

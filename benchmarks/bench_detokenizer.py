@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec, scenes, settings = "tiny-random", 2, (("euler", 4), ("dpm", 2))
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}; model {spec}")
-    model = SeedX.load(spec)
+    model = SeedX.from_pretrained(spec)
     rows = bench(model, scenes, settings, args.image_size)
     print(f"\n## de-tokenizer reconstruction, {scenes} held-out scenes, {args.image_size} px")
     print("| setting (scheduler-UNet evaluations) | all_ok | shape_ok | colour_ok | s / image |")

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
     for spec in specs:
         try:
-            model = SeedX.load(spec, variants=("seed-x-i",))
+            model = SeedX.from_pretrained(spec, variants=("seed-x-i",))
         except CheckpointError as error:
             print(f"model {spec}: skipped ({error})")
             continue

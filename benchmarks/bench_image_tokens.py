@@ -2,12 +2,12 @@
 
 Section 1 times the official way of producing an image's LLM features (HF ``generate`` with a logits
 processor forcing ``<img_00000>`` .. ``</img>`` one decoding step each, every layer's hidden states kept,
-reference §6.1/§6.2) against ``seedx_agent.decoding.decode`` (the placeholders fed in one forward pass),
-on the same weights in the same process, alternating runs. Section 2 times ``seedx_agent.anyres.preprocess``
+reference §6.1/§6.2) against ``seedx_agent.pipeline.decoding.decode`` (the placeholders fed in one forward pass),
+on the same weights in the same process, alternating runs. Section 2 times ``seedx_agent.pipeline.anyres.preprocess``
 against the same algorithm written naively (per-crop resize / ToTensor / Normalize in a Python loop).
 Section 1b times the whole LLM stage of a text-to-image turn (prompt text -> regressed ViT features).
 Section 3 times the first token of a second question about an image: re-encoding it (ViT + full prefill,
-``prefix_cache=False``) against the prefix KV cache (``seedx_agent.kv_cache``); answers must be equal.
+``prefix_cache=False``) against the prefix KV cache (``seedx_agent.speed.prefix_cache``); answers must be equal.
 
 Run from the repository root: ``python -m benchmarks.bench_image_tokens --config tiny --runs 5``.
 """
@@ -29,16 +29,16 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from seedx_agent import prompts
-from seedx_agent.anyres import parse_grids, preprocess, preprocess_batch, select_grid
-from seedx_agent.components import build_components
 from seedx_agent.config import AnyResConfig, LLMConfig, LVLMConfig, QwenResamplerConfig, SeedXConfig, VisionConfig
-from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
-from seedx_agent.decoding import GenerationOptions, decode
-from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.model import SeedX
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import BOI, TokenIds
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.anyres import parse_grids, preprocess, preprocess_batch, select_grid
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.decoding import ComparisonSwitches, GenerationOptions, decode
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import BOI, TokenIds
+from seedx_agent.speed.cpu_linear import onednn_linear_available, use_linear_kernel
 
 logger = logging.getLogger("benchmarks.bench_image_tokens")
 
@@ -129,7 +129,9 @@ def baseline_image_states(lvlm: SeedXLVLM, ids: TokenIds, prompt_ids: list[int])
 def ours_image_states(lvlm: SeedXLVLM, ids: TokenIds, prompt_ids: list[int]) -> torch.Tensor:
     """Our decoder with the same budget: the whole image block in one forward pass. Returns (N, hidden)."""
     input_ids = torch.tensor([prompt_ids])  # (1, prompt)
-    options = GenerationOptions(max_new_tokens=len(ids.image) + 2, placeholder_mask="official_zero")
+    options = GenerationOptions(
+        max_new_tokens=len(ids.image) + 2, compare=ComparisonSwitches(placeholder_mask="official_zero")
+    )
     out = decode(
         lvlm, ids, inputs_embeds=lvlm.inputs_embeds(input_ids), last_prompt_token=prompt_ids[-1], options=options
     )
@@ -147,7 +149,10 @@ def baseline_t2i_stage(model: SeedX, caption: str) -> torch.Tensor:
 def ours_t2i_stage(model: SeedX, caption: str) -> torch.Tensor:
     """Our t2i LLM stage through the facade's own path (``_run_llm`` + ``regress_images``). (1, N, vit_dim)."""
     lvlm = model.parts.lvlms["seed-x"]
-    options = GenerationOptions(max_new_tokens=model.config.lvlm.num_image_tokens + 2, placeholder_mask="official_zero")
+    options = GenerationOptions(
+        max_new_tokens=model.config.lvlm.num_image_tokens + 2,
+        compare=ComparisonSwitches(placeholder_mask="official_zero"),
+    )
     out = model._run_llm(lvlm, prompts.generation_prompt("seed-x", caption), [], options)
     return lvlm.regress_images(torch.stack(out.image_hidden_states))
 
@@ -356,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--linear-kernel",
         choices=("torch", "onednn", "both"),
         default="both",
-        help="linears of both paths: torch's F.linear (MKL), oneDNN (seedx_agent.cpu_linear), or each in turn",
+        help="linears of both paths: torch's F.linear (MKL), oneDNN (seedx_agent.speed.cpu_linear), or each in turn",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:

@@ -55,15 +55,16 @@ from benchmarks.bench_image_tokens import (
     time_alternating,
 )
 from benchmarks.roofline import best_seconds, measure_bandwidth
-from seedx_agent import checkpoints
-from seedx_agent.anyres import preprocess
-from seedx_agent.components import build_components
+from seedx_agent import weights as checkpoints
 from seedx_agent.config import PRESETS, SeedXConfig
-from seedx_agent.decoding import GenerationOptions
-from seedx_agent.lvlm import SeedXLVLM
-from seedx_agent.model import SeedX, bundled_mini_path
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import BOI
+from seedx_agent.model import SeedX
+from seedx_agent.pipeline.anyres import preprocess
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.decoding import GenerationOptions
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import BOI
+from seedx_agent.weights.loading import bundled_mini_path
 
 logger = logging.getLogger("benchmarks.gpu_check")
 
@@ -276,7 +277,7 @@ def load_stack(
             parts = model = None
             free_memory()
     if model is None:
-        model = SeedX.from_preset(
+        model = SeedX.from_pretrained(
             config.name, variants=(variant,), device_map=device_map, dtype=dtype, tokenizer=tokenizer
         )
     if bits is not None:  # as SeedX.from_pretrained(quantize_llm=bits) does after placing

@@ -4,8 +4,8 @@ Measures (best of ``--runs``): bandwidth of a large tensor copy (read + write by
 bytes); fp32 GEMM GFLOP/s with MKL and with oneDNN. Then, for a mid-size LLaMA (random weights, fp32),
 decode tokens/s against the bandwidth bound (every non-embedding weight byte read once per token):
 transformers' decoding (``DynamicCache`` + ``forward``) and ours (in-place KV cache and lean one-token
-step, ``seedx_agent.kv_layers`` and ``seedx_agent.decode_step``, as ``decoding.decode`` runs), with torch's
-``F.linear`` (MKL) and with oneDNN linears (``seedx_agent.cpu_linear``); and prefill FLOP/s against the
+step, ``seedx_agent.speed.growing_kv`` and ``seedx_agent.speed.lean_step``, as ``decoding.decode`` runs), with torch's
+``F.linear`` (MKL) and with oneDNN linears (``seedx_agent.speed.cpu_linear``); and prefill FLOP/s against the
 GEMM peak (the faster kernel; 2 x non-embedding params FLOPs per token, attention ignored).
 
 Run from the repository root: ``python -m benchmarks.roofline --layers 8 --hidden 1024``.
@@ -46,7 +46,7 @@ def measure_bandwidth(megabytes: int, runs: int) -> dict[str, float]:
 
 def measure_gemm(size: int, runs: int) -> dict[str, float]:
     """GFLOP/s of an fp32 (size x size) @ (size x size) matmul with torch's BLAS and with oneDNN."""
-    from seedx_agent.cpu_linear import onednn_linear_available
+    from seedx_agent.speed.cpu_linear import onednn_linear_available
 
     a, b = torch.rand(size, size), torch.rand(size, size)
     result = {"torch": 2 * size**3 / best_seconds(lambda: a @ b, runs) / 1e9}
@@ -67,9 +67,9 @@ def measure_llm(
     linears. Setups alternate within each run so they see the same machine state."""
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
-    from seedx_agent.decode_step import LeanStep, fuse_qkv
-    from seedx_agent.kv_layers import new_kv_cache
+    from seedx_agent.speed.cpu_linear import onednn_linear_available, use_linear_kernel
+    from seedx_agent.speed.growing_kv import new_kv_cache
+    from seedx_agent.speed.lean_step import LeanStep, fuse_qkv
 
     config = LlamaConfig(
         vocab_size=vocab,

@@ -2,7 +2,7 @@
 
     python examples/embed_seedx.py [--model mini|tiny-random|PATH] [--out DIR]
 
-``SeedX.load`` takes ``"mini"`` (the bundled trained miniature), a preset such as ``"tiny-random"`` (random
+``SeedX.from_pretrained`` takes ``"mini"`` (the bundled trained miniature), a preset such as ``"tiny-random"`` (random
 weights: the pipeline runs, the outputs mean nothing) or a checkpoint folder. Wrap the model in ``SeedXEngine``
 when several threads share it.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from seedx_agent.engine import SeedXEngine
-from seedx_agent.model import SeedX
+from seedx_agent import SeedX, SeedXEngine
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="seedx-embed-"))
     out.mkdir(parents=True, exist_ok=True)
 
-    engine = SeedXEngine(SeedX.load(args.model, variants=("seed-x-i", "seed-x-edit")))  # thread-safe access
+    engine = SeedXEngine(SeedX.from_pretrained(args.model, variants=("seed-x-i", "seed-x-edit")))  # thread-safe access
     scene = Image.new("RGB", (64, 64), "white")
     ImageDraw.Draw(scene).ellipse((4, 4, 24, 24), fill=(200, 20, 20))
 

@@ -22,16 +22,16 @@ from typing import Any
 
 import torch
 
-from seedx_agent.checkpoints import (
+from seedx_agent.config import VARIANTS, SeedXConfig
+from seedx_agent.miniature.official_layout import write_official_layout
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.weights import (
     convert_official,
     describe,
     load_components,
     load_official,
-    write_official_layout,
 )
-from seedx_agent.components import build_components
-from seedx_agent.config import VARIANTS, SeedXConfig
-from seedx_agent.tokenizer import SeedXTokenizer
 
 logger = logging.getLogger("load_official_layout")
 

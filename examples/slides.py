@@ -9,33 +9,17 @@ mini/tiny-random) or ``module:attr`` (any LangChain chat model or factory).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
-from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 from seedx_agent.graphs.slides import create_slides_graph
+from workflow_common import open_workflow, workflow_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = workflow_parser(__doc__)
     parser.add_argument("--topic", default="red circles and blue squares", help="what the deck is about")
     parser.add_argument("--slides", type=int, default=4, help="number of slides")
     parser.add_argument("--max-refine", type=int, default=2, help="corrections per slide")
-    parser.add_argument(
-        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
-    )
-    parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
-    parser.add_argument(
-        "--num-inference-steps", type=int, default=None, help="diffusion steps per picture (model default)"
-    )
-    parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="seedx-slides-"))
-
-    engine = load_engine(args.model)
-    with open_memory(out / "memory", engine) as memory:
-        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
+    with open_workflow(args, "seedx-slides-") as (engine, memory, planner, out):
         graph = create_slides_graph(
             engine,
             memory,

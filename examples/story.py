@@ -9,34 +9,18 @@ plug-in, the default for mini/tiny-random) or ``module:attr`` (any LangChain cha
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-from pathlib import Path
-
 from langgraph.checkpoint.memory import InMemorySaver
-from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 from seedx_agent.graphs.story import create_story_graph
+from workflow_common import open_workflow, workflow_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = workflow_parser(__doc__)
     parser.add_argument("--premise", default="a small red circle at the top left", help="what the story is about")
     parser.add_argument("--beats", type=int, default=25, help="number of story beats (one picture each)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the pictures (default 0)")
-    parser.add_argument(
-        "--model", default="mini", help="mini (the bundled trained miniature), tiny-random (random weights) or a folder"
-    )
-    parser.add_argument("--planner", default=None, help="seedx | world | module:attr (default: by model)")
-    parser.add_argument(
-        "--num-inference-steps", type=int, default=None, help="diffusion steps per picture (model default)"
-    )
-    parser.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     args = parser.parse_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="seedx-story-"))
-
-    engine = load_engine(args.model)
-    with open_memory(out / "memory", engine) as memory:
-        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
+    with open_workflow(args, "seedx-story-") as (engine, memory, planner, out):
         graph = create_story_graph(
             engine,
             memory,

@@ -38,7 +38,7 @@ from seedx_agent.graphs.tool_node import InlineToolNode
 from typing_extensions import TypedDict
 
 from seedx_agent.errors import ConfigError
-from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_OUTPUT_TAG, wrap_tool_output
+from seedx_agent.protocol.tool_calls import COMPACT_MAX_NEW_TOKENS, TOOL_OUTPUT_TAG, wrap_tool_output
 
 __all__ = [
     "APPROVE",

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from seedx_agent.errors import ConfigError
-from seedx_agent.tokens import Box
+from seedx_agent.pipeline.tokens import Box
 
 from .planning import Check
 

@@ -2,8 +2,8 @@
 
 ``register(subparsers)`` adds the subcommands to an ``argparse`` sub-parser set (the main CLI calls it);
 ``main(argv)`` runs them stand-alone. Heavy imports (torch, LangGraph, chromadb) happen inside the commands, so
-registering them costs nothing. ``--model`` is a spec for ``SeedX.load`` (``mini``, ``tiny-random`` or a folder);
-``mini`` falls back to ``tiny-random`` with a warning while the miniature's weights are not bundled.
+registering them costs nothing. ``--model`` is a spec for ``SeedX.from_pretrained`` (``mini``, ``tiny-random``
+or a folder); ``mini`` falls back to ``tiny-random`` with a warning while the miniature's weights are not bundled.
 
 The argument helpers at the top (``positive_int``, ``add_steps_flag``, the ``check_*`` functions) are shared by
 every subcommand: cheap arguments are checked before any model loads, and a bad one is one ``error:`` line.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from seedx_agent.tool_protocol import IMAGE_ID_RE
+from seedx_agent.protocol.tool_calls import IMAGE_ID_RE
 
 __all__ = [
     "MODEL_HELP",

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from seedx_agent.errors import ConfigError, DependencyMissingError, InvalidImageError
-from seedx_agent.images import load_image
+from seedx_agent.pipeline.images import load_image
 
 if TYPE_CHECKING:
     from pptx.slide import Slide

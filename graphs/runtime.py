@@ -4,9 +4,9 @@
 ``seedx`` (``ChatSeedX`` on the same engine), ``world`` (the miniature's deterministic plug-in, found by name
 like any other plug-in) or ``module:attr`` (an importable chat model, planner object or zero-argument factory).
 
-``--model`` / ``SEEDX_MODEL`` is a spec for ``SeedX.load``: ``"mini"`` (the bundled trained miniature), a preset
-name such as ``"tiny-random"`` (random weights) or a checkpoint folder. Only ``"mini"`` falls back (to
-``"tiny-random"``, with a warning) when its weights are not bundled yet; any other spec fails loudly.
+``--model`` / ``SEEDX_MODEL`` is a spec for ``SeedX.from_pretrained``: ``"mini"`` (the bundled trained
+miniature), a preset name such as ``"tiny-random"`` (random weights) or a checkpoint folder. Only ``"mini"`` falls
+back (to ``"tiny-random"``, with a warning) when its weights are not bundled yet; any other spec fails loudly.
 
 Servers (the LangGraph server's zero-argument graph factories, the OpenAI-compatible API) share one engine per
 model spec and one memory per folder for the whole process: ``shared_engine`` / ``shared_engine_and_memory``
@@ -56,9 +56,10 @@ DEFAULT_MEMORY_DIR = Path("~/.cache/seedx-agent/memory")
 
 
 def load_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
-    """An engine over ``SeedX.load(spec)`` with generation and editing; ``"mini"`` falls back to tiny-random."""
+    """An engine over ``SeedX.from_pretrained(spec)`` with generation and editing; ``"mini"`` falls back to
+    tiny-random."""
     try:
-        model = SeedX.load(spec, variants=("seed-x-i", "seed-x-edit"))
+        model = SeedX.from_pretrained(spec, variants=("seed-x-i", "seed-x-edit"))
     except CheckpointError as error:
         if str(spec) != DEFAULT_MODEL:
             if not Path(spec).exists():  # say which names are trained weights and which are random
@@ -74,7 +75,7 @@ def load_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
             error,
             FALLBACK_MODEL,
         )
-        model = SeedX.load(FALLBACK_MODEL, variants=("seed-x-i", "seed-x-edit"))
+        model = SeedX.from_pretrained(FALLBACK_MODEL, variants=("seed-x-i", "seed-x-edit"))
     return SeedXEngine(model)
 
 

@@ -14,8 +14,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from seedx_agent.prompts import check_text
-from seedx_agent.tool_protocol import IMAGE_ID_RE
+from seedx_agent.pipeline.prompts import check_text
+from seedx_agent.protocol.tool_calls import IMAGE_ID_RE
 
 from .errors import InvalidImageIdError, InvalidMemoryRequestError
 

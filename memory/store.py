@@ -43,7 +43,7 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from seedx_agent.images import DEFAULT_MAX_PIXELS, check_image_size
+from seedx_agent.pipeline.images import DEFAULT_MAX_PIXELS, check_image_size
 
 from .backend import (
     ChromaServer,
@@ -108,7 +108,7 @@ MAX_LINEAGE_DEPTH = 10_000
 FORMAT_VERSION = 1
 
 ImageInput = Any
-"""A PIL image, or any source ``seedx_agent.images.load_image`` accepts (bytes, data URL, path on the
+"""A PIL image, or any source ``seedx_agent.pipeline.images.load_image`` accepts (bytes, data URL, path on the
 *caller's* side, e.g. a CLI argument). Never a memory id: those are looked up with ``load``."""
 
 
@@ -316,7 +316,7 @@ class ImageMemory:
             raise InvalidMemoryRequestError(
                 f"{image!r} looks like a memory id; add() takes pixels. Use load(id) to get a stored image"
             )
-        from seedx_agent.images import load_image  # core helper: bytes / data URL / caller-side path -> RGB
+        from seedx_agent.pipeline.images import load_image  # core helper: bytes / data URL / caller-side path -> RGB
 
         return load_image(image, max_pixels=self.max_pixels)
 

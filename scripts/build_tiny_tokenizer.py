@@ -14,7 +14,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from seedx_agent.config import TINY_VOCAB_BASE
-from seedx_agent.tokenizer import write_added_tokens
+from seedx_agent.pipeline.tokenizer import write_added_tokens
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "brown", "pink"]
 SHAPES = ["circle", "square", "triangle", "star", "car", "dog", "cat", "house", "tree", "person"]

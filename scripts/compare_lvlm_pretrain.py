@@ -22,17 +22,17 @@ from pathlib import Path
 
 import torch
 
-from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
-from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.miniature import world
 from seedx_agent.miniature.probes import teacher_forced_exact
 from seedx_agent.miniature.world_data import WorldData
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.examples import collate
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.vision import QwenViT
 from seedx_agent.training.loop import LoopConfig
 from seedx_agent.training.recipes import _load_module, frozen, lvlm_forward, lvlm_pretrain
-from seedx_agent.vision import QwenViT
+from seedx_agent.training.samples import collate
 
 SCORED_TASKS = ("caption", "vqa", "grounding")
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from seedx_agent.checkpoints import save_components
 from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.model import SeedX
 from seedx_agent.training.loop import LoopConfig
@@ -32,6 +31,7 @@ from seedx_agent.training.recipes import (
     frozen,
     stage2_from_stage1,
 )
+from seedx_agent.weights import save_components
 
 
 def main() -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from seedx_agent.checkpoints import save_components
 from seedx_agent.miniature.recipe import MINI_LORA
 from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.model import SeedX
 from seedx_agent.training.loop import LoopConfig
 from seedx_agent.training.recipes import lvlm_sft
+from seedx_agent.weights import save_components
 
 DEFAULT_WEIGHTS = "caption=0.1,vqa=0.15,grounding=0.15,text_to_image=0.3,edit=0.3"
 

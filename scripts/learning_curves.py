@@ -34,15 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_lvlm_pretrain import SCORED_TASKS, heldout_scores
 
-from seedx_agent.checkpoints import load_strict, read_state_dict
-from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.miniature.world_data import WorldData
-from seedx_agent.model import bundled_mini_path
-from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.vision import QwenViT
 from seedx_agent.training.loop import LoopConfig, checkpoint_step
 from seedx_agent.training.recipes import _load_module, lvlm_pretrain
-from seedx_agent.vision import QwenViT
+from seedx_agent.weights import load_strict, read_state_dict
+from seedx_agent.weights.loading import bundled_mini_path
 
 CSV_NAME = "curve.csv"
 ARM_FILE = "arm.json"

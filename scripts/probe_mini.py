@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from seedx_agent.anyres import THUMBNAIL_POSITION
 from seedx_agent.miniature.probes import cell_probes, conditioning_use
 from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.model import SeedX
+from seedx_agent.pipeline.anyres import THUMBNAIL_POSITION
 from seedx_agent.training.recipes import vit_features
 
 

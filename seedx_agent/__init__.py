@@ -1,7 +1,8 @@
 """seedx-agent: SEED-X re-implemented as a library.
 
-``from seedx_agent import SeedX, SeedXConfig, SeedXEngine, Box`` (and the ``SeedXError`` family) works; each
-name is imported on first use, so ``import seedx_agent`` stays fast, imports no torch and prints nothing.
+``from seedx_agent import SeedX, SeedXConfig, SeedXEngine, Box, GenerationOptions`` (and the ``SeedXError``
+family) works; each name is imported on first use, so ``import seedx_agent`` stays fast, imports no torch and
+prints nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from seedx_agent.config import SeedXConfig
-    from seedx_agent.decoding import GenerationOptions
     from seedx_agent.engine import SeedXEngine
     from seedx_agent.errors import (
         CapabilityMissingError,
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
         UnsafeCheckpointError,
     )
     from seedx_agent.model import ChatMessage, SeedX
-    from seedx_agent.tokens import Box
+    from seedx_agent.pipeline.decoding import ComparisonSwitches, GenerationOptions
+    from seedx_agent.pipeline.tokens import Box
 
 _ERRORS = (
     "CapabilityMissingError",
@@ -54,9 +55,10 @@ _ERRORS = (
 )
 # public name -> the module that defines it (imported lazily by __getattr__)
 _EXPORTS: dict[str, str] = {
-    "Box": "seedx_agent.tokens",
+    "Box": "seedx_agent.pipeline.tokens",
     "ChatMessage": "seedx_agent.model",
-    "GenerationOptions": "seedx_agent.decoding",
+    "ComparisonSwitches": "seedx_agent.pipeline.decoding",
+    "GenerationOptions": "seedx_agent.pipeline.decoding",
     "SeedX": "seedx_agent.model",
     "SeedXConfig": "seedx_agent.config",
     "SeedXEngine": "seedx_agent.engine",
@@ -68,6 +70,7 @@ __all__ = [
     "CapabilityMissingError",
     "ChatMessage",
     "CheckpointError",
+    "ComparisonSwitches",
     "ConfigError",
     "CorruptCheckpointError",
     "DependencyMissingError",

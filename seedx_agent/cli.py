@@ -36,9 +36,9 @@ def _load_model(spec: str, *, variants: tuple[str, ...], allow_pickle: bool = Fa
     from seedx_agent.model import SeedX
 
     if spec == "mini":  # the bundled trained weights (the preset of the same name is random)
-        return SeedX.load("mini", variants=variants)
+        return SeedX.from_pretrained("mini", variants=variants)
     if spec in PRESETS:
-        return SeedX.from_preset(spec, variants=variants)
+        return SeedX.from_pretrained(spec, variants=variants)
     return SeedX.from_pretrained(spec, variants=variants, allow_pickle=allow_pickle)
 
 
@@ -235,8 +235,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ConfigError(f"source {args.source!r} is not a folder: pass the official release folder (SEED-X-17B)")
     check_output_folder(args.out, "out")
 
-    from seedx_agent.checkpoints import convert_official
     from seedx_agent.config import SeedXConfig
+    from seedx_agent.weights import convert_official
 
     start = time.perf_counter()
     convert_official(
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--no-copy-arguments",
         action="store_true",
-        help="agent task: decode tool calls without the copy constraint (seedx_agent.copy_arguments)",
+        help="agent task: decode tool calls without the copy constraint (seedx_agent.protocol.copy_arguments)",
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_eval)

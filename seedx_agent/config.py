@@ -259,9 +259,7 @@ class DetokenizerConfig(_Config):
     @model_validator(mode="after")
     def _check(self) -> DetokenizerConfig:
         if self.unet.get("out_channels") != self.latent_channels:
-            raise ConfigError(
-                f"unet out_channels must be {self.latent_channels}, got {self.unet.get('out_channels')}"
-            )
+            raise ConfigError(f"unet out_channels must be {self.latent_channels}, got {self.unet.get('out_channels')}")
         want_in = self.latent_channels * (2 if self.stage == 2 else 1)
         if self.unet.get("in_channels") != want_in:
             raise ConfigError(

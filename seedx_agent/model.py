@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,26 +17,43 @@ import numpy as np
 import PIL.Image
 import torch
 
-from seedx_agent import prompts
-from seedx_agent.anyres import AnyResCrops, preprocess, preprocess_batch, vit_transform
-from seedx_agent.components import SeedXComponents, build_components, stage_for_variant
-from seedx_agent.config import PRESETS, VARIANTS, SeedXConfig, resolve_config
-from seedx_agent.cpu_linear import (
+from seedx_agent.config import VARIANTS, SeedXConfig
+from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidPromptError
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline import prompts as templates  # for methods whose argument is named prompts
+from seedx_agent.pipeline.anyres import AnyResCrops, preprocess, preprocess_batch, vit_transform
+from seedx_agent.pipeline.components import SeedXComponents, stage_for_variant
+from seedx_agent.pipeline.decoding import DecodeOutput, GenerationOptions, LogitsProcessor
+from seedx_agent.pipeline.images import (
+    DEFAULT_MAX_PIXELS,
+    as_image_list,
+    check_image_source,
+    is_image_source,
+    load_image,
+)
+from seedx_agent.pipeline.llm_pass import prefill_and_decode
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.results import (
+    ChatMessage,
+    ChatResult,
+    ComprehendResult,
+    GeneratedImage,
+    GroundingResult,
+    ImageInput,
+)
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import TokenIds, parse_boxes, strip_tags
+from seedx_agent.pipeline.vision import pool_tokens_4to1
+from seedx_agent.speed.cpu_linear import (
     ONEDNN_MIN_WEIGHT_ELEMENTS,
     LinearKernel,
     linear_kernel_of,
     resolve_linear_kernel,
     use_linear_kernel,
 )
-from seedx_agent.decode_step import fuse_qkv
-from seedx_agent.decoding import DecodeOutput, GenerationOptions, LogitsProcessor, decode
-from seedx_agent.errors import CapabilityMissingError, CheckpointError, ConfigError, InvalidPromptError
-from seedx_agent.images import DEFAULT_MAX_PIXELS, check_image_source, load_image
-from seedx_agent.kv_cache import PrefixKVCache, crops_fingerprint, weights_version
-from seedx_agent.lvlm import SeedXLVLM
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import Box, TokenIds, parse_boxes, strip_tags
-from seedx_agent.vision import pool_tokens_4to1
+from seedx_agent.speed.lean_step import fuse_qkv
+from seedx_agent.speed.prefix_cache import PrefixKVCache, weights_version
+from seedx_agent.weights.loading import load_parts
 
 __all__ = [
     "ChatMessage",
@@ -50,67 +66,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ImageInput = str | Path | bytes | PIL.Image.Image | np.ndarray
-
-
-@dataclass
-class ComprehendResult:
-    """Answer about images: display text (tags stripped), raw text and any boxes it contains."""
-
-    text: str
-    raw_text: str
-    boxes: list[Box]
-    token_ids: list[int]
-
-
-@dataclass
-class GroundingResult:
-    """Boxes (pixel xyxy in the original image) for a phrase, with the model's text."""
-
-    boxes: list[Box]
-    text: str
-    raw_text: str
-
-    @property
-    def box(self) -> Box | None:
-        return self.boxes[0] if self.boxes else None
-
-
-@dataclass
-class GeneratedImage:
-    """An image produced by generation or editing, with the features the LLM regressed."""
-
-    image: PIL.Image.Image
-    images: list[PIL.Image.Image]
-    text: str
-    raw_text: str
-    features: torch.Tensor  # (num_images, num_image_tokens, vit_dim)
-    seed: int | None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ChatMessage:
-    """One chat message; ``images`` only for user messages (any input ``load_image`` accepts)."""
-
-    role: Literal["user", "assistant"]
-    text: str = ""
-    images: Sequence[ImageInput] = ()
-
-
-@dataclass
-class ChatResult:
-    text: str
-    raw_text: str
-    images: list[PIL.Image.Image]
-    boxes: list[Box]
-    features: torch.Tensor | None
-
-
-def _default_dtype(device_map: dict[str, str]) -> torch.dtype:
-    """fp32 on CPU (as diffusers/transformers do), bf16 as soon as a component sits on CUDA."""
-    return torch.bfloat16 if any(torch.device(d).type == "cuda" for d in device_map.values()) else torch.float32
 
 
 def _render_aliases(
@@ -146,139 +101,70 @@ class SeedX:
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_preset(
-        cls,
-        name: str | SeedXConfig = "tiny-random",
-        *,
-        variants: Sequence[str] | None = None,
-        seed: int = 0,
-        device: str | None = None,
-        dtype: torch.dtype | None = None,
-        device_map: dict[str, str] | None = None,
-        tokenizer: SeedXTokenizer | None = None,
-        linear_kernel: LinearKernel = "auto",
-    ) -> SeedX:
-        """Random (seeded) weights for a preset name or a ``SeedXConfig`` (a custom geometry), e.g. for tests or
-        GPU sizing. Full-size presets are big and need ``tokenizer`` (the LLaMA-2 one is not bundled).
-        ``linear_kernel``: see ``set_linear_kernel``."""
-        from seedx_agent.checkpoints import place
-
-        resolve_linear_kernel(linear_kernel)  # a bad name fails before any weights are built
-        config = resolve_config(name)
-        tokenizer = tokenizer or _tokenizer_for(config)
-        variants = tuple(variants) if variants else (config.variant,)
-        dmap = _device_map(device, device_map)
-        parts = build_components(config, tokenizer=tokenizer, variants=variants, seed=seed)
-        place(parts, device_map=dmap, dtype=dtype or _default_dtype(dmap))
-        model = cls(parts)
-        model.set_linear_kernel(linear_kernel)
-        return model
-
-    @classmethod
     def from_pretrained(
         cls,
-        path: str | Path,
+        path_or_preset: str | Path | SeedXConfig = "mini",
         *,
+        config: SeedXConfig | str | None = None,
         variants: Sequence[str] | None = None,
         variant: str | None = None,
         stages: Sequence[int] | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,
         device_map: dict[str, str] | None = None,
+        seed: int = 0,
+        tokenizer: SeedXTokenizer | None = None,
         allow_pickle: bool = False,
         vit_path: str | Path | None = None,
         sdxl_path: str | Path | None = None,
-        config: SeedXConfig | str | None = None,
-        preset: str | None = None,
         quantize_llm: Literal[4, 8] | None = None,
         linear_kernel: LinearKernel = "auto",
         verify: bool = True,
         check_finite: bool = True,
     ) -> SeedX:
-        """Load our safetensors layout (``config.json`` + ``manifest.json``) or the official release.
+        """The one way to load: ``"mini"`` (the bundled trained miniature), a checkpoint folder (our safetensors
+        layout or the official release), or random weights for a preset name / ``SeedXConfig`` (tests, sizing).
 
-        ``variants`` picks LLMs (e.g. ``("seed-x-i", "seed-x-edit")`` for generation and editing),
-        ``variant`` is the one-LLM shorthand (``variant="seed-x-edit"``); ``allow_pickle`` is needed for the
-        official ``.bin``/``.pt`` files (loaded with ``torch.load(weights_only=True)``). ``linear_kernel``: see
-        ``set_linear_kernel``. Nothing is ever downloaded.
+        ``variants`` picks LLMs (e.g. ``("seed-x-i", "seed-x-edit")`` for generation and editing; default: all in
+        our layout, the geometry's own variant otherwise), ``variant`` is the one-LLM shorthand; ``stages`` the
+        de-tokenizer stages. ``device``/``device_map`` (keys vision, llm, detokenizer) and ``dtype`` (default fp32
+        on CPU, bf16 on CUDA) place the parts; ``quantize_llm`` (4 or 8) needs bitsandbytes; ``linear_kernel``:
+        see ``set_linear_kernel``. Nothing is ever downloaded.
 
-        ``config`` (a ``SeedXConfig`` or a preset name; ``preset`` is the older name-only spelling) gives the
-        geometry. The official release has no config of ours, so there it selects the geometry (default: the
-        ``seed-x-i`` preset), which lets non-standard geometries load; the release's own config files are still
-        checked against it. Our layout stores its ``config.json``, which stays authoritative: a ``config`` given
-        with it must agree with it (``name``/``variant`` aside). Giving ``preset`` and a ``config`` that disagree, or a
-        ``config`` that disagrees with the stored one, raises ``ConfigError`` naming the fields.
-
-        ``verify`` (default on; our layout, the release has no checksums) checks each file read against the
-        size and sha256 in ``manifest.json`` and raises ``CorruptCheckpointError`` naming the first file that
-        differs; hashes of unchanged files are remembered for the process (keyed by path, inode, size, mtime
-        and ctime), so loading again costs under 1 ms (25-55 ms for the 28 MB of the bundled ``mini`` the first
-        time, on 2 busy CPU cores). ``verify=False`` skips it. ``check_finite`` (default on, both layouts)
-        refuses NaN/Inf weights with ``NonFiniteWeightError`` naming the tensor (one pass over the exponent
-        bits: 15-30 ms for ``mini``); ``check_finite=False`` skips it.
+        ``config`` (a ``SeedXConfig`` or preset name) gives the official release its geometry (default
+        ``seed-x-i``; the release's own config files are checked against it); with our layout, whose stored
+        ``config.json`` is authoritative, a differing ``config`` raises ``ConfigError`` naming the fields.
+        ``allow_pickle`` opts in to the release's ``.bin``/``.pt`` files (``torch.load(weights_only=True)``).
+        ``verify`` (default on) checks every file read against ``manifest.json``'s size and sha256
+        (``CorruptCheckpointError`` names the file; unchanged files are remembered per process, so a second load
+        costs under 1 ms). ``check_finite`` (default on) refuses NaN/Inf weights (``NonFiniteWeightError``).
+        ``seed`` and ``tokenizer`` apply to random weights only (full-size presets need the LLaMA-2 tokenizer).
         """
-        from seedx_agent import checkpoints
-
         resolve_linear_kernel(linear_kernel)  # a bad name fails before any weights are read
         if variant is not None:
             if variants is not None:
                 raise ConfigError("pass either variant= (one LLM) or variants= (several), not both")
             variants = (variant,)
-        if isinstance(path, str) and path == "mini":
-            path = bundled_mini_path()
-        elif isinstance(path, str) and path in PRESETS:
-            raise ConfigError(f"{path!r} is a preset with random weights; use SeedX.from_preset({path!r})")
-        root = Path(path)
-        if not root.exists():
-            raise CheckpointError(
-                f"checkpoint folder {str(root)!r} does not exist; pass an existing folder or 'mini' (the bundled "
-                "trained miniature); for random weights use SeedX.from_preset with one of "
-                f"{', '.join(sorted(set(PRESETS) - {'mini'}))} (or 'mini' for the miniature's geometry)"
-            )
-        dmap = _device_map(device, device_map)
-        if (root / "manifest.json").is_file():
-            if config is not None or preset is not None:
-                stored = SeedXConfig.load(root / "config.json")
-                fields = stored.differences(resolve_config(config, preset=preset))
-                if fields:
-                    raise ConfigError(
-                        f"the config given does not match {str(root / 'config.json')!r} (the geometry of these "
-                        f"weights) on {', '.join(fields[:6])}; drop config=/preset= or pass the stored config"
-                    )
-            parts = checkpoints.load_components(
-                root, variants=variants, stages=stages, verify=verify, check_finite=check_finite
-            )
-        else:
-            layout = checkpoints.OfficialLayout.discover(root, vit_path=vit_path, sdxl_path=sdxl_path)
-            geometry = resolve_config(config, preset=preset)
-            chosen = tuple(variants) if variants else (geometry.variant,)
-            parts = checkpoints.load_official(
-                layout, geometry, variants=chosen, stages=stages, allow_pickle=allow_pickle, check_finite=check_finite
-            )
-        checkpoints.place(parts, device_map=dmap, dtype=dtype or _default_dtype(dmap))
-        if quantize_llm is not None:
-            for lvlm in parts.lvlms.values():
-                checkpoints.quantize_llm(lvlm, bits=quantize_llm)
+        parts = load_parts(
+            path_or_preset,
+            config=config,
+            variants=variants,
+            stages=stages,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            seed=seed,
+            tokenizer=tokenizer,
+            allow_pickle=allow_pickle,
+            vit_path=vit_path,
+            sdxl_path=sdxl_path,
+            quantize_bits=quantize_llm,
+            verify=verify,
+            check_finite=check_finite,
+        )
         model = cls(parts)
         model.set_linear_kernel(linear_kernel)
         return model
-
-    @classmethod
-    def load(
-        cls,
-        spec: str | Path = "mini",
-        *,
-        variants: Sequence[str] | None = None,
-        device: str | None = None,
-        linear_kernel: LinearKernel = "auto",
-    ) -> SeedX:
-        """One entry point for user-facing code: ``"mini"`` (the bundled trained miniature), a preset name
-        (random weights, e.g. ``"tiny-random"``) or a checkpoint folder. Never downloads anything."""
-        if isinstance(spec, str) and spec != "mini" and spec in PRESETS:
-            return cls.from_preset(
-                spec, variants=variants or ("seed-x-i", "seed-x-edit"), device=device, linear_kernel=linear_kernel
-            )
-        return cls.from_pretrained(spec, variants=variants, device=device, linear_kernel=linear_kernel)
 
     def set_linear_kernel(
         self, kernel: LinearKernel = "auto", *, min_weight_elements: int = ONEDNN_MIN_WEIGHT_ELEMENTS
@@ -319,7 +205,7 @@ class SeedX:
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write our safetensors layout; ``from_pretrained`` reads it back bit-exactly."""
-        from seedx_agent.checkpoints import save_components
+        from seedx_agent.weights import save_components
 
         save_components(self.parts, Path(folder))
 
@@ -353,8 +239,8 @@ class SeedX:
 
     def _load_all(self, images: object, argument: str, *, allow_empty: bool = False) -> list[PIL.Image.Image]:
         """One image or a sequence of them (``argument[i]`` in messages), type-checked and loaded."""
-        items = _as_list(images, argument, allow_empty=allow_empty)
-        if len(items) == 1 and _is_image_source(images):
+        items = as_image_list(images, argument, allow_empty=allow_empty)
+        if len(items) == 1 and is_image_source(images):
             return [self._load(items[0], argument)]
         for index, item in enumerate(items):  # type errors first, before any image is decoded
             check_image_source(item, argument=f"{argument}[{index}]")
@@ -412,63 +298,16 @@ class SeedX:
                 f"prompt of {len(input_ids)} tokens plus max_new_tokens={options.max_new_tokens} exceeds the "
                 f"context of {budget}; shorten the text, use fewer/smaller images or lower max_new_tokens"
             )
-        device = lvlm.device
-        ids_tensor = torch.tensor([input_ids], device=device)
-        mask_tensor = torch.tensor([cmp_mask], device=device)
-
-        def embed_prompt() -> torch.Tensor:  # (1, seq, hidden) with the crops' features spliced in
-            image_embeds = None
-            if crops:
-                pixel_values = torch.cat([c.pixel_values for c in crops])  # (total_crops, 3, S, S)
-                positions = torch.cat([c.patch_positions for c in crops])  # (total_crops, 2)
-                image_embeds = lvlm.embed_images(self.encode_crops(pixel_values), positions)
-            return lvlm.inputs_embeds(ids_tensor, image_embeds, mask_tensor)
-
-        if not crops or not any(cmp_mask):  # nothing to cache (a count mismatch raises in embed_prompt)
-            embeds = embed_prompt()
-            last_token = input_ids[-1]
-            return decode(
-                lvlm,
-                self.ids,
-                inputs_embeds=embeds,
-                last_prompt_token=last_token,
-                options=options,
-                on_token=on_token,
-                logits_processor=logits_processor,
-            )
-        # Split after the last image placeholder: that prefix's KV is what the prefix cache stores. The
-        # uncached path splits at the same place, so both feed identical tensors and agree bit for bit.
-        from seedx_agent.kv_layers import new_kv_cache
-
-        split = max(i for i, flag in enumerate(cmp_mask) if flag) + 1
-        cache_store = self.prefix_cache
-        use_cache = options.prefix_cache and cache_store.active and split < len(input_ids)
-        split = min(split, len(input_ids) - 1)  # decode needs at least one prompt token to run
-        key = None
-        kv = None
-        if use_cache:
-            identity = (id(lvlm), str(lvlm.device), str(lvlm.dtype))
-            # The prefix went through the ViT and this LLM: a change to either makes its KV stale.
-            version = weights_version([self.parts.vision, lvlm], content=cache_store.content_check)
-            cache_store.sync_weights(identity, version)
-            key = cache_store.make_key(identity, crops_fingerprint(crops), input_ids[:split], version)
-            kv = cache_store.get(key)
-        if kv is None:
-            embeds = embed_prompt()
-            kv = new_kv_cache(lvlm.llm.config)
-            lvlm.backbone(inputs_embeds=embeds[:, :split], cache=kv, use_cache=True)
-            if key is not None:
-                cache_store.put(key, kv)
-            rest = embeds[:, split:]
-        else:  # the suffix holds no image placeholders: plain token embeddings
-            rest = lvlm.inputs_embeds(ids_tensor[:, split:])
-        return decode(
+        return prefill_and_decode(
             lvlm,
             self.ids,
-            inputs_embeds=rest,
-            last_prompt_token=input_ids[-1],
-            options=options,
-            cache=kv,
+            input_ids,
+            cmp_mask,
+            crops,
+            options,
+            encode_crops=self.encode_crops,
+            vision=self.parts.vision,
+            prefix_cache=self.prefix_cache,
             on_token=on_token,
             logits_processor=logits_processor,
         )
@@ -636,29 +475,20 @@ class SeedX:
         would stop without opening an image, ``<img>`` is forced instead (documented deviation: the official
         script just returns no image).
         """
-        num_inference_steps, guidance_scale = _render_aliases(num_inference_steps, steps, guidance_scale, guidance)
-        name, lvlm = self._lvlm(variant, purpose="generate_image", prefer=("seed-x-i", "seed-x"))
-        _, crops = self._crops(context, self.config.anyres.grids, argument="context", allow_empty=True)
-        text_prompt = prompts.generation_prompt(
-            name,  # type: ignore[arg-type]
-            prompt,
-            [c.num_crops - 1 for c in crops],
-            self.config.lvlm.num_image_tokens,
-        )
-        opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
-        return self._image_answer(
-            lvlm,
-            text_prompt,
-            crops,
-            opts,
-            stage_for_variant(name),
-            seed=seed,
+        return self.generate_images(
+            [prompt],
+            seeds=[seed],
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
+            steps=steps,
+            guidance=guidance,
             size=size,
             scheduler=scheduler,
+            variant=variant,
+            options=options,
             progress=progress,
-        )
+            context=context,
+        )[0]
 
     def generate_images(
         self,
@@ -674,16 +504,16 @@ class SeedX:
         variant: str | None = None,
         options: GenerationOptions | None = None,
         progress: bool = False,
+        context: Sequence[ImageInput] = (),
     ) -> list[GeneratedImage]:
-        """Text-to-image for several prompts: the LLM runs per prompt, the stage-1 de-tokenizer once for all.
+        """Text-to-image for several prompts (each read after the same ``context`` images): the LLM runs per
+        prompt, the stage-1 de-tokenizer once for all.
 
         Result i matches ``generate_image(prompts[i], seed=seeds[i], ...)``: each row's initial noise comes
         from its own seeded generator; only float rounding of the batched UNet can differ. Used by
         ``SeedXEngine`` to serve concurrent requests together.
         """
         num_inference_steps, guidance_scale = _render_aliases(num_inference_steps, steps, guidance_scale, guidance)
-        from seedx_agent import prompts as templates  # the argument shadows the module name
-
         if isinstance(prompts, str) or not prompts:
             raise InvalidPromptError(f"prompts must be a non-empty list of strings, got {prompts!r}")
         seed_list = list(seeds) if seeds is not None else [None] * len(prompts)
@@ -691,23 +521,23 @@ class SeedX:
             raise InvalidPromptError(
                 f"{len(seed_list)} seeds for {len(prompts)} prompts; pass one seed (or None) per prompt"
             )
-        name, lvlm = self._lvlm(variant, purpose="generate_images", prefer=("seed-x-i", "seed-x"))
+        name, lvlm = self._lvlm(variant, purpose="image generation", prefer=("seed-x-i", "seed-x"))
+        _, crops = self._crops(context, self.config.anyres.grids, argument="context", allow_empty=True)
+        tiles = [c.num_crops - 1 for c in crops]
         opts = options or GenerationOptions(max_new_tokens=self.config.max_new_tokens_image)
-        outputs, features, llm_seconds = [], [], []
-        for text in prompts:
-            out, regressed, seconds = self._image_features(
+        answers = [
+            self._image_features(
                 lvlm,
-                templates.generation_prompt(name, text),  # type: ignore[arg-type]
-                [],
+                templates.generation_prompt(name, text, tiles, self.config.lvlm.num_image_tokens),  # type: ignore[arg-type]
+                crops,
                 opts,
             )
-            outputs.append(out)
-            features.append(regressed)  # (n, tokens, vit_dim)
-            llm_seconds.append(seconds)
+            for text in prompts
+        ]
         start = time.perf_counter()
         pictures = self._render(
             stage_for_variant(name),
-            torch.cat([f[:1] for f in features]),  # (batch, tokens, vit_dim): each answer's first image
+            torch.cat([features[:1] for _, features, _ in answers]),  # (batch, tokens, vit_dim): first images
             seed=seed_list,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
@@ -717,13 +547,14 @@ class SeedX:
         )
         render_seconds = time.perf_counter() - start
         results = []
-        for index, out in enumerate(outputs):
+        for index, (out, features, llm_seconds) in enumerate(answers):
             raw = self._answer_text(out.token_ids)
-            timings = {"llm_s": llm_seconds[index], "detokenizer_s": render_seconds, "batch_size": float(len(prompts))}
+            timings = {"llm_s": llm_seconds, "detokenizer_s": render_seconds}
+            if len(prompts) > 1:  # the de-tokenizer time is shared by the batch
+                timings["batch_size"] = float(len(prompts))
+            picture = pictures[index]
             results.append(
-                GeneratedImage(
-                    pictures[index], [pictures[index]], strip_tags(raw), raw, features[index], seed_list[index], timings
-                )
+                GeneratedImage(picture, [picture], strip_tags(raw), raw, features, seed_list[index], timings)
             )
         return results
 
@@ -847,52 +678,3 @@ class SeedX:
                     num_inference_steps=num_inference_steps,
                 )
         return ChatResult(strip_tags(raw), raw, pictures, boxes, features)
-
-
-def _is_image_source(value: object) -> bool:
-    """Whether ``value`` is one image (not a sequence of them)."""
-    return isinstance(value, (str, Path, bytes, bytearray, memoryview, PIL.Image.Image, np.ndarray))
-
-
-def _as_list(images: object, argument: str = "images", *, allow_empty: bool = False) -> list[object]:
-    """One image -> ``[image]``; a list/tuple -> a list; ``None`` or any other type -> ``InvalidImageError``."""
-    if _is_image_source(images):
-        return [images]
-    if not isinstance(images, Sequence):
-        check_image_source(images, argument=argument)  # raises, naming the argument and the accepted types
-    result = list(images)  # type: ignore[call-overload]
-    if not result and not allow_empty:
-        raise InvalidPromptError(f"no image given in {argument}; pass at least one image")
-    return result
-
-
-def _device_map(device: str | None, device_map: dict[str, str] | None) -> dict[str, str]:
-    if device_map is not None:
-        unknown = set(device_map) - {"vision", "llm", "detokenizer"}
-        if unknown:
-            raise ConfigError(f"device_map keys must be 'vision', 'llm', 'detokenizer'; got {sorted(unknown)}")
-        base = device or "cpu"
-        return {k: device_map.get(k, base) for k in ("vision", "llm", "detokenizer")}
-    return dict.fromkeys(("vision", "llm", "detokenizer"), device or "cpu")
-
-
-MINI_WEIGHTS = Path(__file__).resolve().parent / "assets" / "mini"
-
-
-def bundled_mini_path() -> Path:
-    """Folder of the miniature's bundled weights (``SeedX.from_pretrained("mini")``)."""
-    if not (MINI_WEIGHTS / "manifest.json").is_file():
-        raise CheckpointError(
-            f"the miniature's weights are not bundled in this install ({MINI_WEIGHTS} is missing); train them "
-            "with `seedx-agent train mini` and load the output folder, or reinstall the package"
-        )
-    return MINI_WEIGHTS
-
-
-def _tokenizer_for(config: SeedXConfig) -> SeedXTokenizer:
-    if config.llm.vocab_size == SeedXTokenizer.tiny().vocab_size:
-        return SeedXTokenizer.tiny()
-    raise CheckpointError(
-        f"preset {config.name!r} needs the LLaMA-2 tokenizer ({config.llm.vocab_size} tokens), which is not bundled; "
-        "load a checkpoint folder with SeedX.from_pretrained(path) instead"
-    )

@@ -2,7 +2,9 @@
 
 ``register(subparsers)`` adds the sub-command; FastAPI and uvicorn are imported only when it runs, and cheap
 arguments (model spec, memory folder, numbers) are checked before the model loads. The model loads once, at
-start-up, in a worker thread; the server answers once it is loaded (``GET /health``).
+start-up, in a worker thread; the server answers once it is loaded (``GET /health``). With ``--ray`` the same API
+runs on Ray Serve (``seedx_agent.serving.ray_serve``): the LLM+ViT and the de-tokenizer as separate deployments,
+each with its own replicas and GPUs per replica.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import os
 from typing import Any
 
-__all__ = ["cmd_serve", "register"]
+__all__ = ["cmd_serve", "ray_options_from_args", "register"]
 
 API_KEY_ENV = "SEEDX_API_KEY"
 
@@ -82,7 +84,67 @@ def register(subparsers: Any) -> None:
         default=defaults.max_pending,
         help="requests running or waiting; more get 503 (default 64)",
     )
+    scale = serve.add_argument_group("Ray Serve scale-out (--ray; pip install 'seedx-agent[ray]')")
+    scale.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve the same API on Ray Serve: the LLM+ViT and the de-tokenizer as separate deployments",
+    )
+    scale.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join ('auto', 'ray://HEAD:10001'); default: start a local Ray instance",
+    )
+    scale.add_argument("--llm-replicas", type=positive_int, default=1, help="LLM+ViT replicas, 1 CPU each (default 1)")
+    scale.add_argument(
+        "--detok-replicas", type=positive_int, default=1, help="de-tokenizer replicas, 1 CPU each (default 1)"
+    )
+    scale.add_argument("--llm-gpus", type=_gpus, default=0.0, help="GPUs per LLM+ViT replica (default 0: CPU)")
+    scale.add_argument("--detok-gpus", type=_gpus, default=0.0, help="GPUs per de-tokenizer replica (default 0: CPU)")
+    scale.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=8,
+        help="images per de-tokenizer call, batched across requests (default 8)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+
+_RAY_FLAGS = {
+    "ray_address": None,
+    "llm_replicas": 1,
+    "detok_replicas": 1,
+    "llm_gpus": 0.0,
+    "detok_gpus": 0.0,
+    "max_batch_size": 8,
+}
+
+
+def _gpus(text: str) -> float:
+    """A GPU count per replica: a number >= 0 (fractions share a GPU between replicas)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs >= 0, got {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs in [0, 64], got {text!r}")
+    return value
+
+
+def ray_options_from_args(args: argparse.Namespace) -> Any:
+    """``ray_serve.RayOptions`` from the ``--ray`` flags (imports Ray)."""
+    from .ray_serve import RayOptions
+
+    def actor(gpus: float) -> dict[str, Any]:
+        return {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
+
+    return RayOptions(
+        llm_replicas=args.llm_replicas,
+        detok_replicas=args.detok_replicas,
+        llm_actor_options=actor(args.llm_gpus),
+        detok_actor_options=actor(args.detok_gpus),
+        max_batch_size=args.max_batch_size,
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -95,6 +157,11 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     check_model(args.model)
     check_output_folder(args.memory, "--memory")
+    if not getattr(args, "ray", False):
+        changed = [name for name, default in _RAY_FLAGS.items() if getattr(args, name, default) != default]
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise ConfigError(f"{flags} only apply with --ray (Ray Serve scale-out)")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
@@ -117,8 +184,20 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Check the arguments, then run uvicorn until interrupted (the model loads at start-up)."""
+    """Check the arguments, then run uvicorn (or Ray Serve with ``--ray``) until interrupted (the model loads at
+    start-up)."""
     settings = settings_from_args(args)
+    if getattr(args, "ray", False):
+        try:
+            from .ray_serve import run_ray
+        except ImportError as error:
+            from seedx_agent.errors import DependencyMissingError
+
+            raise DependencyMissingError(
+                f"seedx-agent serve --ray needs Ray Serve ({error}); install it with: pip install 'seedx-agent[ray]'"
+            ) from error
+        run_ray(settings, ray_options_from_args(args), address=args.ray_address, host=args.host, port=args.port)
+        return 0
     try:
         import uvicorn
 

@@ -22,6 +22,9 @@ Model work (decoding, diffusion, PNG encoding) runs in a thread pool of ``worker
 loop; the engine serialises calls per device, so extra workers only queue. A streaming client that disconnects
 stops the decode loop at its next token.
 
+``create_app(settings, backend=...)`` serves the same routes over another ``ModelBackend`` (``serving.ray_serve``:
+Ray Serve deployments); the default ``LocalBackend`` is the model in this process.
+
 Usage counts are ``ChatSeedX``'s ``usage_metadata``: the prompt ``SeedX.chat`` feeds (image tokens included)
 and the tokens decoded; ``finish_reason`` is ``"length"`` when the answer used its whole token budget.
 """
@@ -32,6 +35,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
 import io
 import json
@@ -44,7 +48,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import PIL.Image
 from fastapi import FastAPI, Request
@@ -60,7 +64,7 @@ from seedx_agent.errors import (
     SeedXError,
 )
 
-__all__ = ["ApiError", "ServeSettings", "create_app"]
+__all__ = ["ApiError", "ChatEvents", "LocalBackend", "ModelBackend", "ServeSettings", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,11 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable with its fields (it crosses processes in ``serving.ray_serve``)."""
+        rebuild = functools.partial(ApiError, type=self.type, param=self.param, code=self.code)
+        return rebuild, (self.status, self.message)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -626,7 +635,7 @@ class SeedXService:
     def edit(
         self, data: bytes, prompt: str, n: int, size: int | None, seed: int | None, steps: int | None
     ) -> list[str]:
-        from seedx_agent.images import load_image
+        from seedx_agent.pipeline.images import load_image
 
         source = load_image(data)
         base = seed if seed is not None else secrets.randbelow(_SEED_LIMIT - 64)
@@ -669,6 +678,82 @@ def _sse(payload: Mapping[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+# ---------------------------------------------------------------------------------------------- backends
+
+ChatEvent = tuple[str, Any]
+"""One event of a streamed completion: ``("text", delta)``, then ``("done", (calls, usage, max_new_tokens))`` or
+``("error", ApiError)``."""
+
+
+class ModelBackend(Protocol):
+    """Where the routes' model work runs: this process (``LocalBackend``) or Ray Serve deployments
+    (``serving.ray_serve``); the routes validate, the backend computes, errors are ``ApiError``."""
+
+    async def start(self) -> None:
+        """Load what the backend needs (at app start-up)."""
+
+    async def stop(self) -> None:
+        """Release it (at app shutdown)."""
+
+    async def complete(self, chat: _ChatInput) -> tuple[Any, dict[str, int], int]:
+        """(reply ``AIMessage``, OpenAI usage, the answer's token budget) of a non-streamed completion."""
+
+    def stream(self, chat: _ChatInput) -> ChatEvents:
+        """Start a streamed completion: admission (503) is decided here, before the response starts."""
+
+    async def generate(self, prompt: str, n: int, size: int | None, seed: int | None, steps: int | None) -> list[str]:
+        """``n`` generated PNGs (base64), seeds ``seed``, ``seed + 1``, ..."""
+
+    async def edit(
+        self, data: bytes, prompt: str, n: int, size: int | None, seed: int | None, steps: int | None
+    ) -> list[str]:
+        """``n`` edits (PNG base64) of the image ``data``, seeds ``seed``, ``seed + 1``, ..."""
+
+
+class LocalBackend:
+    """The model in this process: ``load()`` returns (engine, memory) once at start-up; model work runs on
+    ``settings.workers`` threads with at most ``settings.max_pending`` requests admitted."""
+
+    def __init__(self, settings: ServeSettings, load: Callable[[], tuple[Any, Any]]) -> None:
+        self.settings = settings
+        self.load = load
+        self.workers = _Workers(settings.workers, settings.max_pending)
+        self.service: SeedXService | None = None
+
+    async def start(self) -> None:
+        """Load the engine and memory on a worker thread (never on the event loop)."""
+        engine, memory = await asyncio.get_running_loop().run_in_executor(self.workers.pool, self.load)
+        self.service = SeedXService(engine, memory, self.settings)
+
+    async def stop(self) -> None:
+        """Stop the worker threads (queued work is cancelled)."""
+        self.workers.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _service(self) -> SeedXService:
+        assert self.service is not None, "the backend is not started"
+        return self.service
+
+    async def complete(self, chat: _ChatInput) -> tuple[Any, dict[str, int], int]:
+        """A non-streamed completion on a worker thread."""
+        reply, usage = await self.workers.run(self._service().complete, chat)
+        return reply, usage, self._service().max_new_tokens(chat)
+
+    def stream(self, chat: _ChatInput) -> ChatEvents:
+        """Admit now (503 before any byte is sent); the decode starts on a worker thread, released when it ends."""
+        self.workers.admit()
+        return _chat_events(self._service(), self.workers, chat)
+
+    async def generate(self, prompt: str, n: int, size: int | None, seed: int | None, steps: int | None) -> list[str]:
+        """Generated PNGs on a worker thread."""
+        return await self.workers.run(self._service().generate, prompt, n, size, seed, steps)
+
+    async def edit(
+        self, data: bytes, prompt: str, n: int, size: int | None, seed: int | None, steps: int | None
+    ) -> list[str]:
+        """Edited PNGs on a worker thread."""
+        return await self.workers.run(self._service().edit, data, prompt, n, size, seed, steps)
+
+
 # ---------------------------------------------------------------------------------------------- the app
 
 
@@ -676,30 +761,33 @@ def create_app(
     settings: ServeSettings,
     *,
     load: Callable[[], tuple[Any, Any]] | None = None,
+    backend: ModelBackend | None = None,
 ) -> FastAPI:
-    """The FastAPI app. ``load()`` returns (engine, memory) and runs once at start-up in a worker thread
-    (default: ``runtime.shared_engine_and_memory(settings.model, settings.memory_dir)``)."""
+    """The FastAPI app. By default the model runs in this process (``LocalBackend``): ``load()`` returns
+    (engine, memory) and runs once at start-up in a worker thread (default:
+    ``runtime.shared_engine_and_memory(settings.model, settings.memory_dir)``). ``backend`` runs it elsewhere
+    instead (``serving.ray_serve``); the routes, validation, limits and error shapes are the same."""
 
     def default_load() -> tuple[Any, Any]:
         from seedx_agent.graphs.runtime import shared_engine_and_memory
 
         return shared_engine_and_memory(settings.model, settings.memory_dir)
 
+    if backend is not None and load is not None:
+        raise ValueError("pass load= (a model in this process) or backend=, not both")
+    model_backend: ModelBackend = backend if backend is not None else LocalBackend(settings, load or default_load)
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        workers = _Workers(settings.workers, settings.max_pending)
         started = time.perf_counter()
-        engine, memory = await asyncio.get_running_loop().run_in_executor(workers.pool, load or default_load)
-        state["service"] = SeedXService(engine, memory, settings)
-        state["workers"] = workers
+        await model_backend.start()
         state["created"] = int(time.time())
         logger.info("serving %r (%.1f s to load)", settings.model_id, time.perf_counter() - started)
         try:
             yield
         finally:
-            workers.pool.shutdown(wait=False, cancel_futures=True)
+            await model_backend.stop()
 
     app = FastAPI(title="SEED-X OpenAI-compatible API", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -718,12 +806,6 @@ def create_app(
     async def _http(_request: Request, error: HTTPException) -> JSONResponse:
         code = "not_found" if error.status_code == 404 else None
         return ApiError(error.status_code, str(error.detail), code=code).response()
-
-    def service() -> SeedXService:
-        return state["service"]
-
-    def workers() -> _Workers:
-        return state["workers"]
 
     def check_model(name: str | None, required: bool) -> None:
         if name is None and not required:
@@ -775,13 +857,13 @@ def create_app(
         created = int(time.time())
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            workers().admit()  # released when the producer thread ends
+            events = model_backend.stream(chat)  # admitted here: a 503 comes before the stream starts
             return StreamingResponse(
-                _stream_chat(service(), workers(), chat, completion_id, created, settings.model_id, include_usage),
+                _stream_chat(events, completion_id, created, settings.model_id, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        reply, usage = await workers().run(service().complete, chat)
+        reply, usage, max_new_tokens = await model_backend.complete(chat)
         calls = _openai_tool_calls(reply.tool_calls)
         message: dict[str, Any] = {"role": "assistant", "content": _text(reply.content)}
         if calls:
@@ -795,7 +877,7 @@ def create_app(
                 {
                     "index": 0,
                     "message": message,
-                    "finish_reason": _finish_reason(calls, usage, service().max_new_tokens(chat)),
+                    "finish_reason": _finish_reason(calls, usage, max_new_tokens),
                     "logprobs": None,
                 }
             ],
@@ -811,7 +893,7 @@ def create_app(
         n = _check_n(body.n, settings)
         size = _parse_size(body.size, settings)
         steps = _check_steps(body.num_inference_steps, settings)
-        images = await workers().run(service().generate, body.prompt, n, size, body.seed, steps)
+        images = await model_backend.generate(body.prompt, n, size, body.seed, steps)
         return _images_response(images)
 
     @app.post("/v1/images/edits")
@@ -841,7 +923,7 @@ def create_app(
         finally:
             await form.close()
         _check_pixels(data, settings, "image")
-        images = await workers().run(service().edit, data, prompt, n, size, seed, steps)
+        images = await model_backend.edit(data, prompt, n, size, seed, steps)
         return _images_response(images)
 
     app.add_middleware(_Guard, settings=settings)  # the key and the body limit, before any route reads
@@ -878,18 +960,37 @@ def _form_int(form: Any, name: str, *, lower: int = 0, upper: int | None = None)
     return value
 
 
-async def _stream_chat(
-    service: SeedXService,
-    workers: _Workers,
-    chat: _ChatInput,
-    completion_id: str,
-    created: int,
-    model_id: str,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    """SSE chunks of one streamed completion; the decode runs on a worker thread and stops when the client goes."""
+class ChatEvents:
+    """The events of one streamed completion, produced in the background (a worker thread, or a task relaying a
+    Ray replica) from the moment it is created; ``aclose()`` (the client went) asks the producer to stop."""
+
+    def __init__(self, queue: asyncio.Queue[ChatEvent], stop: Callable[[], Any]) -> None:
+        self._queue = queue
+        self._stop = stop
+        self._finished = False
+
+    def __aiter__(self) -> ChatEvents:
+        return self
+
+    async def __anext__(self) -> ChatEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        self._finished = event[0] != "text"
+        return event
+
+    async def aclose(self) -> None:
+        """Stop the producer unless the completion already ended."""
+        if not self._finished:
+            self._finished = True
+            self._stop()
+
+
+def _chat_events(service: SeedXService, workers: _Workers, chat: _ChatInput) -> ChatEvents:
+    """Start one streamed completion now: the decode runs on a worker thread (admitted by the caller, released
+    when the thread ends, even if nobody reads) and stops at its next token once the events are closed."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    events: asyncio.Queue[ChatEvent] = asyncio.Queue()
     stop = threading.Event()
 
     def put(kind: str, value: Any) -> None:
@@ -917,15 +1018,32 @@ async def _stream_chat(
                     continue  # an unparseable call (invalid_tool_calls): not a tool call for OpenAI clients
                 if isinstance(args, dict):
                     calls.append({"index": index, "id": call["id"], "name": call["name"], "args": args})
-            put("done", (calls, service.usage(last)))
+            put("done", (calls, service.usage(last), service.max_new_tokens(chat)))
         except BaseException as error:
-            put("error", error)
+            put("error", error if isinstance(error, ApiError) else _from_library(error))
         finally:
             if chunks is not None:
                 with contextlib.suppress(Exception):
                     chunks.close()  # stops ChatSeedX's decode loop at its next token
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(workers.release)
+
+    try:
+        loop.run_in_executor(workers.pool, produce)
+    except RuntimeError:  # the pool is shut down
+        workers.release()
+        raise
+    return ChatEvents(events, stop.set)
+
+
+async def _stream_chat(
+    events: ChatEvents,
+    completion_id: str,
+    created: int,
+    model_id: str,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """SSE chunks of one streamed completion from its events; closing it (the client went) closes ``events``."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _sse(
@@ -939,14 +1057,8 @@ async def _stream_chat(
         )
 
     try:
-        loop.run_in_executor(workers.pool, produce)
-    except RuntimeError:  # the pool is shut down
-        workers.release()
-        raise
-    try:
         yield chunk({"role": "assistant", "content": ""})
-        while True:
-            kind, value = await events.get()
+        async for kind, value in events:
             if kind == "text":
                 yield chunk({"content": value})
             elif kind == "error":
@@ -954,11 +1066,11 @@ async def _stream_chat(
                 yield _sse(error.body())
                 return
             else:
-                calls, usage = value
+                calls, usage, max_new_tokens = value
                 if calls:
                     tool_calls = [{"index": i, **call} for i, call in enumerate(_openai_tool_calls(calls))]
                     yield chunk({"tool_calls": tool_calls})
-                yield chunk({}, _finish_reason(calls, usage, service.max_new_tokens(chat)))
+                yield chunk({}, _finish_reason(calls, usage, max_new_tokens))
                 if include_usage:
                     yield _sse(
                         {
@@ -973,4 +1085,4 @@ async def _stream_chat(
                 yield _sse("[DONE]")
                 return
     finally:
-        stop.set()
+        await events.aclose()

@@ -80,9 +80,9 @@ def tiny_lvlm():  # type: ignore[no-untyped-def]
     import torch
 
     from seedx_agent.config import SeedXConfig
-    from seedx_agent.lvlm import SeedXLVLM
-    from seedx_agent.tokenizer import SeedXTokenizer
-    from seedx_agent.tokens import TokenIds
+    from seedx_agent.pipeline.lvlm import SeedXLVLM
+    from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+    from seedx_agent.pipeline.tokens import TokenIds
 
     config = SeedXConfig.from_preset("tiny-random")
     torch.manual_seed(0)

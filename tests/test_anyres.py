@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from seedx_agent.anyres import (
+from seedx_agent.config import CLIP_MEAN, CLIP_STD, AnyResConfig, SeedXConfig, VisionConfig
+from seedx_agent.errors import ConfigError, InvalidImageError
+from seedx_agent.pipeline.anyres import (
     AnyResCrops,
     crop_image,
     parse_grids,
@@ -20,8 +22,6 @@ from seedx_agent.anyres import (
     select_grid_max_resolution,
     vit_transform,
 )
-from seedx_agent.config import CLIP_MEAN, CLIP_STD, AnyResConfig, SeedXConfig, VisionConfig
-from seedx_agent.errors import ConfigError, InvalidImageError
 
 OFFICIAL_GRIDS = AnyResConfig().grids
 OFFICIAL = VisionConfig()  # S = 448

@@ -15,7 +15,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from seedx_agent.checkpoints import (
+from seedx_agent.config import VARIANTS, SeedXConfig
+from seedx_agent.errors import (
+    CheckpointError,
+    ConfigError,
+    DependencyMissingError,
+    StateDictMismatchError,
+    UnsafeCheckpointError,
+)
+from seedx_agent.miniature.official_layout import write_official_layout
+from seedx_agent.pipeline.components import SeedXComponents, build_components
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.weights import (
     DETOKENIZER_FOLDER,
     TOKENIZER_FOLDER,
     OfficialLayout,
@@ -28,18 +39,7 @@ from seedx_agent.checkpoints import (
     quantize_llm,
     read_state_dict,
     save_components,
-    write_official_layout,
 )
-from seedx_agent.components import SeedXComponents, build_components
-from seedx_agent.config import VARIANTS, SeedXConfig
-from seedx_agent.errors import (
-    CheckpointError,
-    ConfigError,
-    DependencyMissingError,
-    StateDictMismatchError,
-    UnsafeCheckpointError,
-)
-from seedx_agent.tokenizer import SeedXTokenizer
 
 TINY = SeedXConfig.from_preset("tiny-random")
 AGENT_KEY = "input_resampler.kv_proj.weight"
@@ -489,9 +489,9 @@ def test_facade_and_cli_read_the_official_layout(
     from seedx_agent.model import SeedX
 
     with pytest.raises(UnsafeCheckpointError, match="allow_pickle"):
-        SeedX.from_pretrained(official.root, preset="tiny-random", variant="seed-x-i", stages=(1,))
+        SeedX.from_pretrained(official.root, config="tiny-random", variant="seed-x-i", stages=(1,))
     model = SeedX.from_pretrained(
-        official.root, preset="tiny-random", variant="seed-x-i", stages=(1,), allow_pickle=True
+        official.root, config="tiny-random", variant="seed-x-i", stages=(1,), allow_pickle=True
     )
     assert model.variants == ("seed-x-i",) and sorted(model.parts.detokenizers) == [1]
     _assert_subset_equal(source, model.parts)  # CPU default: fp32, every tensor as written
@@ -569,9 +569,7 @@ def test_official_layout_with_a_custom_geometry_loads_with_config(tmp_path: Path
     _assert_subset_equal(parts, model.parts)
     # the release's own LLM config.json is still checked against the geometry asked for
     with pytest.raises(ConfigError, match=r"num_hidden_layers is 3 in the file.*config="):
-        SeedX.from_pretrained(layout.root, preset="tiny-random", variant="seed-x-i", stages=(1,), allow_pickle=True)
-    with pytest.raises(ConfigError, match=r"disagree on llm\.num_layers"):
-        SeedX.from_pretrained(layout.root, preset="tiny-random", config=custom, allow_pickle=True)
+        SeedX.from_pretrained(layout.root, config="tiny-random", variant="seed-x-i", stages=(1,), allow_pickle=True)
     out = convert_official(
         layout.root, tmp_path / "converted", variants=("seed-x-i",), allow_pickle=True, config=custom
     )
@@ -600,7 +598,7 @@ def _flip_one_mantissa_bit(path: Path, *, fraction: float = 0.5) -> None:
 
 
 def _mini_copy(tmp_path: Path) -> Path:
-    from seedx_agent.model import bundled_mini_path
+    from seedx_agent.weights.loading import bundled_mini_path
 
     return Path(shutil.copytree(bundled_mini_path(), tmp_path / "mini"))
 
@@ -634,14 +632,15 @@ def test_from_pretrained_refuses_a_flipped_byte_by_default(tmp_path: Path) -> No
 
 
 def test_verification_is_remembered_for_unchanged_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from seedx_agent import checkpoints
+    from seedx_agent import weights as checkpoints
     from seedx_agent.errors import CorruptCheckpointError
+    from seedx_agent.weights import io as weights_io
 
     parts = build_components(TINY, tokenizer=SeedXTokenizer.tiny(), variants=("seed-x",))
     folder = save_components(parts, tmp_path / "c")
     hashed: list[str] = []
-    real = checkpoints._sha256
-    monkeypatch.setattr(checkpoints, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    real = weights_io._sha256
+    monkeypatch.setattr(weights_io, "_sha256", lambda path: hashed.append(path.name) or real(path))
     checkpoints.verify_files(folder)
     assert hashed == []  # save_components remembered what it wrote
     checkpoints.clear_verified_files()
@@ -666,7 +665,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, bad: f
     from seedx_agent.errors import NonFiniteWeightError
     from seedx_agent.model import SeedX
 
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
     key = "llm.model.layers.1.mlp.down_proj.weight"
     with torch.no_grad():
         model.parts.lvlms["seed-x-i"].state_dict()[key][3, 5] = bad
@@ -695,7 +694,7 @@ def test_finite_check_of_the_official_layout(official: OfficialLayout, tmp_path:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_finite_check_is_exact_for_every_float_dtype(dtype: torch.dtype) -> None:
-    from seedx_agent.checkpoints import check_finite_weights
+    from seedx_agent.weights import check_finite_weights
 
     info = torch.finfo(dtype)
     edge = torch.tensor([info.max, -info.max, info.tiny, info.tiny / 4, 0.0, -0.0] * 5, dtype=dtype)  # all finite

@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from seedx_agent.copy_arguments import FREE_TEXT_ARGUMENTS, TOOL_NAME, CopyArguments, copy_sources
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tool_protocol import SYSTEM_CLOSE, SYSTEM_OPEN
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.protocol.copy_arguments import FREE_TEXT_ARGUMENTS, TOOL_NAME, CopyArguments, copy_sources
+from seedx_agent.protocol.tool_calls import SYSTEM_CLOSE, SYSTEM_OPEN
 
 REQUEST = "Find the small red circle at the top left in #1."
 OPEN_CALL = '<tool_call>{"name": "ground", "args": {"image_id": "#1", "phrase": "'
@@ -135,7 +135,7 @@ def test_the_bundled_planner_quotes_the_request_when_constrained() -> None:
     from seedx_agent.miniature.eval_model import _run_agent, heldout_dialogs
     from seedx_agent.model import SeedX
 
-    model = SeedX.load("mini", variants=("seed-x-i",))
+    model = SeedX.from_pretrained("mini", variants=("seed-x-i",))
     checked = 0
     for dialog in heldout_dialogs(12, seed=3):
         if dialog.kind not in ("ground", "edit", "generate", "recall"):

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from seedx_agent.cpu_linear import (
+from seedx_agent.errors import ConfigError
+from seedx_agent.speed.cpu_linear import (
     OneDNNLinear,
     linear_kernel_of,
     onednn_linear_available,
     resolve_linear_kernel,
     use_linear_kernel,
 )
-from seedx_agent.errors import ConfigError
 
 needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN linear")
 
@@ -94,7 +94,7 @@ def test_falls_back_to_f_linear_where_onednn_is_not_used() -> None:
 @needs_onednn
 @torch.no_grad()
 def test_greedy_decoding_unchanged_on_a_tiny_llm(tiny_lvlm) -> None:  # type: ignore[no-untyped-def]
-    from seedx_agent.decoding import GenerationOptions, decode
+    from seedx_agent.pipeline.decoding import GenerationOptions, decode
 
     lvlm, ids, tokenizer = tiny_lvlm
     prompt = tokenizer.encode("a red circle<img>", add_bos=True)
@@ -118,11 +118,72 @@ def test_seedx_facade_switches_and_validates() -> None:
     from seedx_agent.model import SeedX
 
     with pytest.raises(ConfigError, match="linear_kernel"):
-        SeedX.from_preset("tiny-random", linear_kernel="fast")  # type: ignore[arg-type]
-    model = SeedX.from_preset("tiny-random", linear_kernel="auto")
+        SeedX.from_pretrained("tiny-random", linear_kernel="fast")  # type: ignore[arg-type]
+    model = SeedX.from_pretrained("tiny-random", linear_kernel="auto")
     assert all(linear_kernel_of(module) == "torch" for _, module in model.parts.modules())  # tiny: below threshold
     if onednn_linear_available():
         switched = model.set_linear_kernel("onednn", min_weight_elements=0)
         assert switched > 0 and linear_kernel_of(model.parts.lvlms["seed-x-i"]) == "onednn"
     assert model.set_linear_kernel("torch") == 0
     assert all(linear_kernel_of(module) == "torch" for _, module in model.parts.modules())
+
+
+# ----------------------------------------------------------------------------- "auto": measured, not a fixed default
+
+
+@pytest.fixture
+def fresh_measurements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Empty the per-process measurement cache; record which weight shapes get measured."""
+    from seedx_agent.speed import cpu_linear
+
+    monkeypatch.setattr(cpu_linear, "_MEASURED", {})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    return []
+
+
+def _scripted_timings(monkeypatch, measured, seconds):
+    from seedx_agent.speed import cpu_linear
+
+    def fake(weight, **_):
+        measured.append(tuple(weight.shape))
+        return dict(seconds)
+
+    monkeypatch.setattr(cpu_linear, "measure_linear_kernels", fake)
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no usable oneDNN linear")
+@pytest.mark.parametrize(
+    ("seconds", "expected"), [({"onednn": 1.0, "torch": 2.0}, "onednn"), ({"onednn": 2.0, "torch": 1.0}, "torch")]
+)
+def test_auto_keeps_the_kernel_that_measured_faster(monkeypatch, fresh_measurements, seconds, expected):
+    from seedx_agent.speed.cpu_linear import linear_kernel_measurements
+
+    _scripted_timings(monkeypatch, fresh_measurements, seconds)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 2048), nn.Linear(8, 8))
+    switched = use_linear_kernel(model, "auto", min_weight_elements=1 << 20)
+    assert linear_kernel_of(model) == expected and switched == (2 if expected == "onednn" else 0)
+    assert fresh_measurements == [(2048, 1024)]  # the largest eligible layer, measured once
+    use_linear_kernel(nn.Sequential(nn.Linear(1024, 2048)), "auto")  # same shape: the cached verdict
+    assert fresh_measurements == [(2048, 1024)]
+    assert linear_kernel_measurements()[(2048, 1024, 2)][0] == expected
+    # forcing a kernel skips the measurement
+    assert use_linear_kernel(nn.Sequential(nn.Linear(1024, 4096)), "onednn") == 1
+    assert fresh_measurements == [(2048, 1024)]
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no usable oneDNN linear")
+def test_auto_measures_nothing_where_onednn_would_not_run(monkeypatch, fresh_measurements):
+    _scripted_timings(monkeypatch, fresh_measurements, {"onednn": 1.0, "torch": 2.0})
+    small = nn.Sequential(nn.Linear(64, 64))  # below the size where oneDNN pays: nothing to measure
+    assert use_linear_kernel(small, "auto") == 0 and fresh_measurements == []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one thread: oneDNN is never used
+    big = nn.Sequential(nn.Linear(1024, 1024))
+    assert use_linear_kernel(big, "auto", min_weight_elements=1) == 0 and fresh_measurements == []
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no usable oneDNN linear")
+def test_measure_linear_kernels_times_both_kernels():
+    from seedx_agent.speed.cpu_linear import measure_linear_kernels
+
+    seconds = measure_linear_kernels(torch.randn(256, 128), repeats=2)
+    assert set(seconds) == {"onednn", "torch"} and all(0 < value < 1 for value in seconds.values())

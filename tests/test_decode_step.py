@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from seedx_agent import decode_step
-from seedx_agent.cpu_linear import onednn_linear_available, use_linear_kernel
-from seedx_agent.decode_step import LeanStep, fuse_qkv, lean_step, lean_step_supported
-from seedx_agent.decoding import GenerationOptions, decode
-from seedx_agent.kv_layers import new_kv_cache
+from seedx_agent.pipeline.decoding import ComparisonSwitches, GenerationOptions, decode
+from seedx_agent.speed import lean_step as decode_step
+from seedx_agent.speed.cpu_linear import onednn_linear_available, use_linear_kernel
+from seedx_agent.speed.growing_kv import new_kv_cache
+from seedx_agent.speed.lean_step import LeanStep, fuse_qkv, lean_step, lean_step_supported
 
 CONFIG = LlamaConfig(
     vocab_size=97,
@@ -86,7 +86,9 @@ def test_decode_is_identical_with_either_step(tiny_lvlm) -> None:  # type: ignor
     embeds = lvlm.inputs_embeds(torch.tensor([prompt]))
     runs = {}
     for step in ("lean", "transformers"):
-        options = GenerationOptions(max_new_tokens=40, decode_step=step, do_sample=True, seed=3, top_k=5)
+        options = GenerationOptions(
+            max_new_tokens=40, compare=ComparisonSwitches(decode_step=step), do_sample=True, seed=3, top_k=5
+        )
         runs[step] = decode(lvlm, ids, inputs_embeds=embeds, last_prompt_token=prompt[-1], options=options)
     lean, reference = runs["lean"], runs["transformers"]
     assert len(lean.token_ids) > 1 and lean.token_ids == reference.token_ids
@@ -143,7 +145,7 @@ def test_fused_qkv_keeps_parameters_and_stays_bit_identical() -> None:
 def test_fused_model_saves_and_reloads_exactly(tmp_path) -> None:
     from seedx_agent.model import SeedX
 
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
     reference = {key: value.clone() for key, value in model.parts.lvlms["seed-x-i"].state_dict().items()}
     assert model.set_linear_kernel("onednn", min_weight_elements=0) > 0
     block = model.parts.lvlms["seed-x-i"].backbone.layers[0].self_attn

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from seedx_agent.decoding import GenerationOptions, apply_placeholder_mask, decode, forced_tokens, sample_next_token
+from seedx_agent.pipeline.decoding import (
+    ComparisonSwitches,
+    GenerationOptions,
+    apply_placeholder_mask,
+    decode,
+    forced_tokens,
+    sample_next_token,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +27,7 @@ def test_one_forward_image_block_equals_token_by_token(setup):
     prompt = tok.encode("a red circle<img>", add_bos=True)
     runs = {}
     for mode in ("one_forward", "per_token"):
-        opts = GenerationOptions(max_new_tokens=12, image_block_mode=mode)
+        opts = GenerationOptions(max_new_tokens=12, compare=ComparisonSwitches(image_block_mode=mode))
         runs[mode] = decode(lvlm, ids, inputs_embeds=_embeds(lvlm, prompt), last_prompt_token=prompt[-1], options=opts)
     fast, slow = runs["one_forward"], runs["per_token"]
     assert fast.token_ids == slow.token_ids
@@ -218,7 +225,8 @@ def test_official_mode_completes_a_block_opened_by_a_placeholder(setup, block_mo
     vocab, n = lvlm.llm_config.vocab_size, len(ids.image)
     assert int(torch.argmax(apply_placeholder_mask(torch.full((vocab,), -1.0), ids, "official_zero"))) == ids.image[0]
     options = GenerationOptions(
-        max_new_tokens=3 * (n + 2), placeholder_mask="official_zero", image_block_mode=block_mode
+        max_new_tokens=3 * (n + 2),
+        compare=ComparisonSwitches(placeholder_mask="official_zero", image_block_mode=block_mode),
     )
     prompt, out = _decode_with_head(lvlm, ids, tok, _NegativeHead(vocab), options, _stop_after_an_image(ids))
     # a complete, well-formed run of placeholders and </img>, then the processor's EOS ends decoding
@@ -244,7 +252,9 @@ def test_official_mode_completes_a_run_from_a_later_placeholder(setup, block_mod
             logits[ids.image[2]] = 1.0
         return logits
 
-    options = GenerationOptions(max_new_tokens=20, placeholder_mask="official_zero", image_block_mode=block_mode)
+    options = GenerationOptions(
+        max_new_tokens=20, compare=ComparisonSwitches(placeholder_mask="official_zero", image_block_mode=block_mode)
+    )
     _, out = _decode_with_head(lvlm, ids, tok, _NegativeHead(vocab), options, start_mid_run)
     assert out.token_ids == [*ids.image[2:], ids.eoi, ids.eos] and out.finish_reason == "eos"
     assert out.image_hidden_states == []  # not a whole run: no image features (documented deviation)

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from seedx_agent.config import SDXL_UNET, DetokenizerConfig, SeedXConfig
-from seedx_agent.detokenizer import (
+from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError
+from seedx_agent.pipeline.detokenizer import (
     Detokenizer,
     classifier_free_guidance,
     expand_conv_in,
     three_way_guidance,
 )
-from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError
 
 TINY = SeedXConfig.from_preset("tiny-random")
 INPUT_DIM = TINY.detokenizer.perceiver.input_dim

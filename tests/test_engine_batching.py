@@ -35,7 +35,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model() -> SeedX:
-    return SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    return SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
 
 
 @pytest.fixture(scope="module")

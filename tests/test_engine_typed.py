@@ -17,7 +17,7 @@ ABILITIES = ("comprehend", "ground", "generate_image", "edit_image", "chat", "re
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.mark.parametrize("name", ABILITIES)

@@ -34,7 +34,7 @@ from seedx_agent.miniature.world import (
     random_scene,
     render,
 )
-from seedx_agent.tokens import Box
+from seedx_agent.pipeline.tokens import Box
 
 
 @pytest.fixture(scope="module")

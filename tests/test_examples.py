@@ -67,7 +67,7 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
 
     readme = (ROOT / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit"))
     model.save_pretrained(tmp_path / "converted/seed-x")
     PIL.Image.new("RGB", (64, 48), "orange").save(tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
@@ -165,7 +165,7 @@ def test_logs_are_quiet_by_default_and_verbose_with_v():
     assert done.returncode == 0, done.stderr[-2000:]
     quiet, _, verbose = done.stderr.partition("-- now verbose --")
     assert "INFO" not in quiet and "loaded" not in quiet
-    assert "INFO seedx_agent.checkpoints: loaded" in verbose
+    assert "INFO seedx_agent.weights.native: loaded" in verbose
 
 
 @pytest.mark.parametrize(

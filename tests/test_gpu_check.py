@@ -14,8 +14,8 @@ if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repository
 
 from benchmarks import gpu_check  # noqa: E402
 from seedx_agent.config import SeedXConfig  # noqa: E402
-from seedx_agent.tokenizer import SeedXTokenizer  # noqa: E402
-from seedx_agent.tokens import TokenIds  # noqa: E402
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer  # noqa: E402
+from seedx_agent.pipeline.tokens import TokenIds  # noqa: E402
 
 CPU_MAP = {"vision": "cpu", "llm": "cpu", "detokenizer": "cpu"}
 ARGV = [

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from seedx_agent.errors import ConfigError, ImageTooLargeError, InvalidImageError
-from seedx_agent.images import load_image, to_rgb
+from seedx_agent.pipeline.images import load_image, to_rgb
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
@@ -314,13 +314,13 @@ def test_one_pixel_limit_for_the_model_and_the_memory(tmp_path: Path) -> None:
     from seedx_agent.memory import ImageMemory
     from seedx_agent.memory import store as memory_store
 
-    from seedx_agent.images import DEFAULT_MAX_PIXELS, check_image_size
     from seedx_agent.model import SeedX
+    from seedx_agent.pipeline.images import DEFAULT_MAX_PIXELS, check_image_size
 
     assert memory_store.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS == 64_000_000  # defined once, in images.py
     check_image_size((7900, 7900))  # the size of the example (62.4 Mpx): within the one limit
     header = _png_header_only(8001, 8000)  # 64.008 Mpx: one row over
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
     embedder = lambda images: np.ones((len(images), 4), dtype=np.float32)  # noqa: E731 - never reached
     with ImageMemory.open(tmp_path / "memory", image_embedder=embedder) as memory:
         for source in (lambda: Image.open(io.BytesIO(header)), lambda: header):  # a lazy PIL image (no pixels), bytes
@@ -339,7 +339,7 @@ def test_one_pixel_limit_for_the_model_and_the_memory(tmp_path: Path) -> None:
 
 
 def test_check_image_size_and_source() -> None:
-    from seedx_agent.images import check_image_size, check_image_source
+    from seedx_agent.pipeline.images import check_image_size, check_image_source
 
     check_image_size(Image.new("RGB", (10, 10)), max_pixels=100)
     with pytest.raises(ImageTooLargeError, match=r"^PIL image \(L, 11x10\) is 11x10 = 110 pixels.*max_pixels=100"):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from seedx_agent.json_prefix import START, feed, is_complete
+from seedx_agent.protocol.json_prefix import START, feed, is_complete
 
 
 def _random_value(rng: random.Random, depth: int = 0) -> object:

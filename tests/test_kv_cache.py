@@ -5,19 +5,19 @@ import PIL.Image
 import pytest
 import torch
 
-from seedx_agent import prompts
-from seedx_agent.anyres import preprocess
-from seedx_agent.decoding import GenerationOptions
 from seedx_agent.errors import ConfigError
-from seedx_agent.kv_cache import PrefixKVCache, cache_nbytes
 from seedx_agent.model import ChatMessage, SeedX
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.anyres import preprocess
+from seedx_agent.pipeline.decoding import GenerationOptions
+from seedx_agent.speed.prefix_cache import PrefixKVCache, cache_nbytes
 
 QUESTIONS = ("What color is the square?", "Where is the square?", "Describe the picture.")
 
 
 @pytest.fixture(scope="module")
 def model():
-    return SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    return SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def _change_weights(model, how):
     "how", ["load_state_dict", "data.add_", "no_grad add_", "vision data.mul_", "one element", "replaced"]
 )
 def test_changed_weights_never_reuse_a_stale_prefix(scene, how):
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))  # its own: the weights get changed
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))  # its own: the weights get changed
     opts = GenerationOptions(max_new_tokens=10)
     before = _run(model, scene, QUESTIONS[0], opts)
     assert len(model.prefix_cache) == 1
@@ -197,10 +197,10 @@ def test_changed_weights_never_reuse_a_stale_prefix(scene, how):
 
 
 def test_comprehend_after_load_state_dict_equals_an_uncached_answer(scene):
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
     opts = GenerationOptions(max_new_tokens=8)
     first = model.comprehend(scene, QUESTIONS[0], options=opts)
-    other = SeedX.from_preset("tiny-random", variants=("seed-x-i",), seed=1)  # e.g. a fine-tuned copy
+    other = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",), seed=1)  # e.g. a fine-tuned copy
     model.parts.lvlms["seed-x-i"].load_state_dict(other.parts.lvlms["seed-x-i"].state_dict())
     model.parts.vision.load_state_dict(other.parts.vision.state_dict())
     cached = model.comprehend(scene, QUESTIONS[0], options=opts)
@@ -210,9 +210,9 @@ def test_comprehend_after_load_state_dict_equals_an_uncached_answer(scene):
 
 
 def test_weights_version_and_invalidate_caches(scene):
-    from seedx_agent.kv_cache import weights_version
+    from seedx_agent.speed.prefix_cache import weights_version
 
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i",))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i",))
     version = model.weights_version()
     assert version == model.weights_version() == weights_version([model.parts.vision, model.parts.lvlms["seed-x-i"]])
     negative = model.negative_features(pooled=False).clone()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from seedx_agent.kv_cache import PrefixKVCache, share_cache
-from seedx_agent.kv_layers import MIN_EXTRA, GrowingLayer, new_kv_cache
+from seedx_agent.speed.growing_kv import MIN_EXTRA, GrowingLayer, new_kv_cache
+from seedx_agent.speed.prefix_cache import PrefixKVCache, share_cache
 
 CONFIG = LlamaConfig(
     vocab_size=97,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def test_core_imports_no_agent_frameworks():
     code = (
-        "import sys, seedx_agent.model, seedx_agent.engine, seedx_agent.checkpoints, seedx_agent.cli;"
+        "import sys, seedx_agent.model, seedx_agent.engine, seedx_agent.weights, seedx_agent.cli;"
         "banned = {'langchain', 'langchain_core', 'langgraph', 'chromadb'};"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in banned);"
         "print(bad); sys.exit(1 if bad else 0)"
@@ -29,16 +29,35 @@ def test_importing_the_package_has_no_side_effects(tmp_path):
 # ---------------------------------------------------------------------------------------------- internal floors
 
 ROOT = Path(__file__).resolve().parents[1]
-# Folders (as installed package names) that hold product code: none of them may import the miniature or the
-# training code. The CLI wiring (seedx_agent/cli.py, graphs/cli_*.py) is the one floor allowed to.
-PRODUCT = {
+# Installed package name -> folder in the work tree.
+FOLDERS = {
     "seedx_agent": ROOT / "seedx_agent",
     "seedx_agent.tools": ROOT / "tools",
     "seedx_agent.memory": ROOT / "memory",
     "seedx_agent.graphs": ROOT / "graphs",
     "seedx_agent.serving": ROOT / "serving",
 }
+# The floors of ARCHITECTURE.md, bottom up: a module may import its own floor and the ones below, never above.
+# speed/ is pure torch (below the pipeline); the SeedX facade (model.py) sits on pipeline, weights and speed.
+FLOORS: dict[str, int] = {
+    "seedx_agent.errors": 0,
+    "seedx_agent.config": 0,
+    "seedx_agent.speed": 1,
+    "seedx_agent.pipeline": 2,
+    "seedx_agent.weights": 3,
+    "seedx_agent.model": 4,
+    "seedx_agent.engine": 5,
+    "seedx_agent.protocol": 5,
+    "seedx_agent": 5,  # the package root re-exports the core's main names (lazily)
+    "seedx_agent.memory": 6,
+    "seedx_agent.tools": 7,
+    "seedx_agent.graphs": 8,
+    "seedx_agent.serving": 9,
+    "seedx_agent.cli": 10,
+    "seedx_agent.__main__": 10,
+}
 PLUG_INS = ("seedx_agent.miniature", "seedx_agent.training")
+CLI = 10
 
 
 def imported_modules(path: Path, package: str) -> set[str]:
@@ -59,47 +78,77 @@ def imported_modules(path: Path, package: str) -> set[str]:
     return found
 
 
-def plug_in_imports(path: Path, package: str) -> list[str]:
-    return sorted(m for m in imported_modules(path, package) if m.startswith(PLUG_INS))
+def floor_of(module: str) -> int | None:
+    """The floor of a project module (longest matching prefix), or None for plug-ins and third-party code."""
+    if module.startswith(PLUG_INS) or not module.startswith("seedx_agent"):
+        return None
+    if module.rpartition(".")[2].startswith("cli_"):  # graphs/cli_*.py, serving/cli_*.py: the CLI's wiring
+        return CLI
+    best = max((name for name in FLOORS if module == name or module.startswith(name + ".")), key=len)
+    return FLOORS[best]
 
 
-def product_files() -> list[tuple[Path, str]]:
+def module_files() -> list[tuple[Path, str]]:
+    """Every product file with its dotted module name (the package root's plug-in folders excluded)."""
     files = []
-    for package, folder in PRODUCT.items():
-        pattern = "*.py" if package == "seedx_agent" else "**/*.py"  # the core's own subfolders are plug-ins
-        for path in sorted(folder.glob(pattern)):
-            if path.name == "cli.py" or path.name.startswith("cli_"):
-                continue  # CLI wiring: the only floor that connects plug-ins
-            files.append((path, package))
+    for package, folder in FOLDERS.items():
+        for path in sorted(folder.glob("**/*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            module = ".".join((package, *parts)).removesuffix(".__init__")
+            if module.startswith(PLUG_INS):
+                continue
+            files.append((path, module))
     return files
 
 
-def test_no_product_module_imports_the_miniature_or_training() -> None:
+def floor_violations(path: Path, module: str) -> list[str]:
+    """The imports of ``path`` that go up a floor, or into the miniature/training from below the CLI."""
+    own = floor_of(module)
+    assert own is not None, module
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    bad = []
+    for name in sorted(imported_modules(path, package)):
+        if name.startswith(PLUG_INS):
+            if own < CLI:
+                bad.append(name)
+            continue
+        if name == "seedx_agent":
+            continue  # the package itself, named by every ``from seedx_agent import x``: judged by x
+        floor = floor_of(name)
+        if floor is not None and floor > own and not (module == "seedx_agent" and path.name == "__init__.py"):
+            bad.append(name)
+    return bad
+
+
+def test_every_module_imports_only_its_floor_and_below() -> None:
     offenders = {
         str(path.relative_to(ROOT)): found
-        for path, package in product_files()
-        if (found := plug_in_imports(path, package))
+        for path, module in module_files()
+        if (found := floor_violations(path, module))
     }
-    assert offenders == {}, f"product code imports plug-ins (only the CLI wiring and tests may): {offenders}"
-    assert len(product_files()) > 40  # the walk really saw the tree
+    assert offenders == {}, f"imports that go up a floor (see ARCHITECTURE.md): {offenders}"
+    assert len(module_files()) > 60  # the walk really saw the tree
 
 
 def test_the_floor_check_catches_a_wrong_import(tmp_path: Path) -> None:
     bad = tmp_path / "story.py"
     bad.write_text(
         "from seedx_agent.miniature import world\nfrom .planning import Check\nimport seedx_agent.training.loop\n"
+        "from seedx_agent.serving.openai_api import build_app\n"
     )
-    assert plug_in_imports(bad, "seedx_agent.graphs") == [
+    assert floor_violations(bad, "seedx_agent.graphs.story") == [
         "seedx_agent.miniature",
         "seedx_agent.miniature.world",
+        "seedx_agent.serving.openai_api",
+        "seedx_agent.serving.openai_api.build_app",
         "seedx_agent.training.loop",
     ]
-    relative = tmp_path / "deep.py"
-    relative.write_text("from .miniature.world import Scene\n")
-    assert plug_in_imports(relative, "seedx_agent") == [
-        "seedx_agent.miniature.world",
-        "seedx_agent.miniature.world.Scene",
-    ]
+    upward = tmp_path / "lvlm.py"
+    upward.write_text("from seedx_agent.model import SeedX\nfrom ..speed.growing_kv import new_kv_cache\n")
+    assert floor_violations(upward, "seedx_agent.pipeline.lvlm") == ["seedx_agent.model", "seedx_agent.model.SeedX"]
+    wiring = tmp_path / "cli_story.py"
+    wiring.write_text("from seedx_agent.miniature import world\nfrom seedx_agent.serving import openai_api\n")
+    assert floor_violations(wiring, "seedx_agent.graphs.cli_story") == []
 
 
 # The miniature builds on training/, never the other way round: no training module imports the miniature.
@@ -147,9 +196,10 @@ def test_main_names_import_from_the_package_root(tmp_path: Path) -> None:
         "import sys, seedx_agent;"
         "assert 'torch' not in sys.modules and 'seedx_agent.model' not in sys.modules;"
         "from seedx_agent import SeedX, SeedXConfig, SeedXEngine, Box, GenerationOptions, SeedXError, ConfigError;"
-        "import seedx_agent.model, seedx_agent.engine, seedx_agent.config, seedx_agent.tokens, seedx_agent.errors;"
+        "import seedx_agent.model, seedx_agent.engine, seedx_agent.config, seedx_agent.errors;"
+        "import seedx_agent.pipeline.tokens;"
         "assert SeedX is seedx_agent.model.SeedX and SeedXEngine is seedx_agent.engine.SeedXEngine;"
-        "assert SeedXConfig is seedx_agent.config.SeedXConfig and Box is seedx_agent.tokens.Box;"
+        "assert SeedXConfig is seedx_agent.config.SeedXConfig and Box is seedx_agent.pipeline.tokens.Box;"
         "assert issubclass(ConfigError, SeedXError) and SeedXError is seedx_agent.errors.SeedXError;"
         "assert set(seedx_agent.errors.__all__) <= set(seedx_agent.__all__) <= set(dir(seedx_agent))"
     )
@@ -188,13 +238,13 @@ import sys
 import seedx_agent.model
 from seedx_agent.model import SeedX
 assert 'bitsandbytes' not in sys.modules, 'import'
-model = SeedX.from_preset('tiny-random', variants=('seed-x-i', 'seed-x-edit'))
+model = SeedX.from_pretrained('tiny-random', variants=('seed-x-i', 'seed-x-edit'))
 assert 'bitsandbytes' not in sys.modules, 'from_preset'
 model.save_pretrained({str(tmp_path / "ckpt")!r})
 SeedX.from_pretrained({str(tmp_path / "ckpt")!r})
 assert 'bitsandbytes' not in sys.modules, 'from_pretrained'
 print('LOADED', flush=True)
-from seedx_agent.checkpoints import quantize_llm
+from seedx_agent.weights import quantize_llm
 from seedx_agent.errors import DependencyMissingError
 try:
     quantize_llm(model.parts.lvlms['seed-x-i'], bits=4)

@@ -5,7 +5,7 @@ import torch
 
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ImageTokenMismatchError
-from seedx_agent.lvlm import SeedXLVLM, scatter_image_embeds
+from seedx_agent.pipeline.lvlm import SeedXLVLM, scatter_image_embeds
 
 
 @pytest.fixture(scope="module")

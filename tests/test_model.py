@@ -8,9 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from seedx_agent.anyres import preprocess, vit_transform
 from seedx_agent.config import SeedXConfig, resolve_config
-from seedx_agent.decoding import GenerationOptions
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import (
     CapabilityMissingError,
@@ -19,14 +17,17 @@ from seedx_agent.errors import (
     InvalidImageError,
     InvalidPromptError,
 )
-from seedx_agent.model import ChatMessage, SeedX, _default_dtype, _device_map
-from seedx_agent.tokens import Box
-from seedx_agent.vision import pool_tokens_4to1
+from seedx_agent.model import ChatMessage, SeedX
+from seedx_agent.pipeline.anyres import preprocess, vit_transform
+from seedx_agent.pipeline.decoding import GenerationOptions
+from seedx_agent.pipeline.tokens import Box
+from seedx_agent.pipeline.vision import pool_tokens_4to1
+from seedx_agent.weights.loading import default_dtype, resolve_device_map
 
 
 @pytest.fixture(scope="module")
 def model():
-    return SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+    return SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit"))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_generate_image_is_seeded(model):
 def test_edit_image_and_its_requirements(model, scene):
     edited = model.edit_image(scene, "Make the square blue.", num_inference_steps=2)
     assert edited.image.size == (32, 32)
-    generator_only = SeedX.from_preset("tiny-random")
+    generator_only = SeedX.from_pretrained("tiny-random")
     with pytest.raises(CapabilityMissingError, match=r"seed-x-edit.*stage-2"):
         generator_only.edit_image(scene, "Make it blue.")
 
@@ -128,13 +129,13 @@ def test_prompt_injection_does_not_open_an_image(model):
 
 
 def test_from_pretrained_errors(tmp_path):
-    with pytest.raises(ConfigError, match="preset"):
-        SeedX.from_pretrained("tiny-random")
+    # one loader: a preset name gives random weights of its geometry; a config object does the same
+    assert SeedX.from_pretrained("tiny-random").config == SeedXConfig.from_preset("tiny-random")
     with pytest.raises(Exception, match="does not exist") as caught:
         SeedX.from_pretrained(tmp_path / "missing")
     message = str(caught.value)  # 'mini' is the bundled trained model, not listed among the random presets
     assert "'mini' (the bundled trained miniature)" in message and "tiny-random" in message
-    assert "one of " in message and "mini" not in message.split("one of ")[1].split(" (or")[0]
+    assert "one of " in message and "mini" not in message.split("one of ")[1].split(", or a SeedXConfig")[0]
 
 
 def test_save_and_from_pretrained_round_trip(model, scene, tmp_path):
@@ -221,9 +222,9 @@ def test_short_render_names_and_variant_shorthand(model, scene, tmp_path):
 
 
 def test_placement_defaults():
-    assert _default_dtype({"vision": "cpu", "llm": "cpu", "detokenizer": "cpu"}) == torch.float32
-    assert _default_dtype({"vision": "cpu", "llm": "cuda:0", "detokenizer": "cpu"}) == torch.bfloat16
-    assert _device_map("cpu", {"llm": "cuda:1"}) == {"vision": "cpu", "llm": "cuda:1", "detokenizer": "cpu"}
+    assert default_dtype({"vision": "cpu", "llm": "cpu", "detokenizer": "cpu"}) == torch.float32
+    assert default_dtype({"vision": "cpu", "llm": "cuda:0", "detokenizer": "cpu"}) == torch.bfloat16
+    assert resolve_device_map("cpu", {"llm": "cuda:1"}) == {"vision": "cpu", "llm": "cuda:1", "detokenizer": "cpu"}
 
 
 def test_cfg_negative_is_the_zero_image_and_official_guidance(model):
@@ -275,7 +276,7 @@ def _custom_tiny() -> SeedXConfig:
 
 def test_a_custom_config_round_trips_through_from_pretrained(scene, tmp_path):
     custom = _custom_tiny()
-    model = SeedX.from_preset(custom, variants=("seed-x-i",))  # random weights for a config object
+    model = SeedX.from_pretrained(custom, variants=("seed-x-i",))  # random weights for a config object
     assert model.config == custom and len(model.parts.lvlms["seed-x-i"].llm.model.layers) == 3
     model.save_pretrained(tmp_path / "ckpt")
     loaded = SeedX.from_pretrained(tmp_path / "ckpt", config=custom)
@@ -292,15 +293,13 @@ def test_a_custom_config_round_trips_through_from_pretrained(scene, tmp_path):
 
 def test_from_pretrained_refuses_a_config_that_does_not_match(tmp_path):
     custom = _custom_tiny()
-    SeedX.from_preset(custom, variants=("seed-x-i",)).save_pretrained(tmp_path / "ckpt")
+    SeedX.from_pretrained(custom, variants=("seed-x-i",)).save_pretrained(tmp_path / "ckpt")
     # our layout's config.json describes its weights; a different geometry is an error, not an override
     with pytest.raises(ConfigError, match=r"does not match .*config\.json.* on llm\.num_layers"):
         SeedX.from_pretrained(tmp_path / "ckpt", config="tiny-random")
-    with pytest.raises(ConfigError, match=r"llm\.num_layers"):
-        SeedX.from_pretrained(tmp_path / "ckpt", preset="tiny-random")
-    # a preset name and a config that disagree: a clear error naming the fields
-    with pytest.raises(ConfigError, match=r"preset='tiny-random' and config= disagree on llm\.num_layers"):
-        SeedX.from_pretrained(tmp_path / "ckpt", preset="tiny-random", config=custom)
+    # a preset or config object already is the geometry (random weights): config= beside it is refused
+    with pytest.raises(ConfigError, match="drop config="):
+        SeedX.from_pretrained("tiny-random", config=custom)
     with pytest.raises(ConfigError, match="SeedXConfig or a preset name"):
         SeedX.from_pretrained(tmp_path / "ckpt", config={"llm": {}})  # type: ignore[arg-type]
     assert resolve_config(None) == SeedXConfig.from_preset("seed-x-i")

@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from seedx_agent import prompts
 from seedx_agent.errors import ConfigError, InvalidBoxError, InvalidPromptError
-from seedx_agent.tokens import Box, encode_box, image_block, parse_boxes, patch_block
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.tokens import Box, encode_box, image_block, parse_boxes, patch_block
 
 
 def test_official_strings():

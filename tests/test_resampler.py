@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from seedx_agent.config import LVLMConfig, PerceiverConfig, QwenResamplerConfig, SeedXConfig
-from seedx_agent.resampler import PerceiverResampler, QwenResampler, interpolate_grid_table, sincos_2d
+from seedx_agent.pipeline.resampler import PerceiverResampler, QwenResampler, interpolate_grid_table, sincos_2d
 
 TINY = SeedXConfig.from_preset("tiny-random")
 

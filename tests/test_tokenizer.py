@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from seedx_agent import prompts
 from seedx_agent.errors import CheckpointError, InvalidPromptError
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import ADDED_TOKENS, BOI, EOI, Special, TokenIds, image_block
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import ADDED_TOKENS, BOI, EOI, Special, TokenIds, image_block
 
 
 @pytest.fixture(scope="module")

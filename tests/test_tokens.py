@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seedx_agent.errors import InvalidBoxError
-from seedx_agent.tokens import (
+from seedx_agent.pipeline.tokens import (
     ADDED_TOKENS,
     Box,
     decode_box,

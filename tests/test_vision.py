@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from seedx_agent.config import SeedXConfig, VisionConfig
 from seedx_agent.errors import InvalidImageError
-from seedx_agent.vision import QwenViT, VisualAttention, pool_tokens_4to1
+from seedx_agent.pipeline.vision import QwenViT, VisualAttention, pool_tokens_4to1
 
 TINY_VISION = SeedXConfig.from_preset("tiny-random").vision  # 56 px, patch 14 -> 4x4 tokens, pos table 2x2
 

@@ -48,7 +48,7 @@ from seedx_agent.miniature.world import (
     text_words,
     vqa,
 )
-from seedx_agent.tokens import parse_boxes
+from seedx_agent.pipeline.tokens import parse_boxes
 
 BOX_TEXT = re.compile(r"^<box_start>(<loc-\d+>){4}<box_end>$")
 

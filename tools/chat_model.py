@@ -30,7 +30,7 @@ the message text), accepts ``arguments``/``parameters`` for ``args``, a JSON lis
 missing closing tag at the very end, code fences, single quotes, Python literals, bare keys and trailing
 commas. Unknown tool names and unparseable spans become ``invalid_tool_calls`` whose ``args`` is the span as
 written; every call gets an id ``call_<hex>``. With ``copy_arguments`` on (the default for compact specs),
-calls are decoded under ``seedx_agent.copy_arguments.CopyArguments``: valid JSON, a bound tool's name, and
+calls are decoded under ``seedx_agent.protocol.copy_arguments.CopyArguments``: valid JSON, a bound tool's name, and
 free-text arguments (phrase, instruction, prompt, query, question) quoted from the user's turns.
 
 Output. An ``AIMessage`` with the display text (SEED-X tags and tool-call spans removed); generated images are
@@ -90,15 +90,21 @@ from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_val
 from seedx_agent.memory import ImageMemory
 from seedx_agent.memory.records import validate_namespace
 
-from seedx_agent import prompts
-from seedx_agent.anyres import parse_grids, select_grid
-from seedx_agent.copy_arguments import FREE_TEXT_ARGUMENTS, CopyArguments, copy_sources
-from seedx_agent.decoding import GenerationOptions, LogitsProcessor
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import CapabilityMissingError, ConfigError
-from seedx_agent.images import load_image
 from seedx_agent.model import ChatMessage, SeedX
-from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_RESULT_END, TOOL_RESULT_NOTE, IdAliases, SpecStyle
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.anyres import parse_grids, select_grid
+from seedx_agent.pipeline.decoding import GenerationOptions, LogitsProcessor
+from seedx_agent.pipeline.images import load_image
+from seedx_agent.protocol.copy_arguments import FREE_TEXT_ARGUMENTS, CopyArguments, copy_sources
+from seedx_agent.protocol.tool_calls import (
+    COMPACT_MAX_NEW_TOKENS,
+    TOOL_RESULT_END,
+    TOOL_RESULT_NOTE,
+    IdAliases,
+    SpecStyle,
+)
 
 from .chat_rendering import (
     ParsedToolCalls,
@@ -304,7 +310,7 @@ class ChatSeedX(BaseChatModel):
     copy_arguments: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="constrain free-text tool arguments (phrase, instruction, prompt, query) to whole-word "
-        "spans of the user's turns (seedx_agent.copy_arguments); auto: on with compact tool specs",
+        "spans of the user's turns (seedx_agent.protocol.copy_arguments); auto: on with compact tool specs",
     )
     tool_specs: SpecStyle = Field(
         default="full",
@@ -352,7 +358,7 @@ class ChatSeedX(BaseChatModel):
         if "seed-x-i" not in self.engine.model.variants:
             raise CapabilityMissingError(
                 f"ChatSeedX needs the 'seed-x-i' LLM; loaded: {list(self.engine.model.variants)}. Load it with "
-                "SeedX.load(spec, variants=('seed-x-i', ...))"
+                "SeedX.from_pretrained(spec, variants=('seed-x-i', ...))"
             )
         loaded = self.engine.model.config.name
         if self.model_name is None:
@@ -360,7 +366,7 @@ class ChatSeedX(BaseChatModel):
         elif self.model_name != loaded:
             raise ConfigError(
                 f"model {self.model_name!r} is not the engine's model {loaded!r}: ChatSeedX runs the engine it is "
-                f"given; load that model (SeedXEngine(SeedX.load({self.model_name!r}))) or drop model="
+                f"given; load that model (SeedXEngine(SeedX.from_pretrained({self.model_name!r}))) or drop model="
             )
         return self
 

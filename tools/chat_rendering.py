@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
-import re
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +35,11 @@ from langchain_core.messages.tool import invalid_tool_call, tool_call
 from seedx_agent.memory import ImageMemory, UnknownImageError
 
 from seedx_agent.errors import ConfigError, InvalidImageError, InvalidPromptError
-from seedx_agent.images import load_image
 from seedx_agent.model import ChatMessage
-from seedx_agent.tokens import strip_tags
-from seedx_agent.tool_protocol import (
+from seedx_agent.pipeline.images import load_image
+from seedx_agent.pipeline.tokens import strip_tags
+from seedx_agent.protocol.parsing import lenient_json, split_tool_calls
+from seedx_agent.protocol.tool_calls import (
     SpecStyle,
     system_preamble,
     tool_call_text,
@@ -65,9 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_OPEN_RE = re.compile(r"<\s*tool_call\s*>", re.IGNORECASE)
-_CALL_RE = re.compile(r"<\s*tool_call\s*>(.*?)<\s*/\s*tool_call\s*>", re.IGNORECASE | re.DOTALL)
-_FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 # v1 blocks of an AI message that are not replayed as text: calls come from ``history_tool_calls``.
 _SKIPPED_AI_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning"})
 # Provider blocks LangChain leaves as ``non_standard``: calls (read by ``history_tool_calls``) and reasoning.
@@ -207,7 +202,7 @@ def _call_args(value: Any, where: str) -> dict[str, Any]:
     """A call's arguments given as an object or as JSON text (OpenAI's ``arguments``)."""
     if isinstance(value, str):
         try:
-            value = _lenient_json(value) if value.strip() else {}
+            value = lenient_json(value) if value.strip() else {}
         except ValueError as error:
             raise UnsupportedContentError(
                 f"{where}: tool call arguments {value!r:.80} are not JSON ({error})"
@@ -350,136 +345,18 @@ class ParsedToolCalls:
     invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
 
 
-def _jsonish_to_json(text: str) -> str:
-    """Rewrite near-JSON (single quotes, Python literals, bare keys, trailing commas) as JSON."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char in "\"'":
-            j, piece = i + 1, []
-            while j < n and text[j] != char:
-                if text[j] == "\\" and j + 1 < n:
-                    piece.append("'" if (char == "'" and text[j + 1] == "'") else text[j : j + 2])
-                    j += 2
-                    continue
-                piece.append('\\"' if (text[j] == '"' and char == "'") else text[j])
-                j += 1
-            out.append('"' + "".join(piece) + '"')
-            i = j + 1
-            continue
-        if char == ",":
-            k = i + 1
-            while k < n and text[k].isspace():
-                k += 1
-            if k < n and text[k] in "}]":
-                i += 1
-                continue
-        if char.isalpha() or char == "_":
-            word = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text[i:]).group(0)  # type: ignore[union-attr]
-            rest = text[i + len(word) :].lstrip()
-            if rest.startswith(":"):
-                out.append(json.dumps(word))
-            else:
-                out.append({"True": "true", "False": "false", "None": "null"}.get(word, word))
-            i += len(word)
-            continue
-        out.append(char)
-        i += 1
-    return "".join(out)
-
-
-def _lenient_json(text: str) -> Any:
-    try:
-        return json.loads(text, strict=False)
-    except ValueError:
-        return json.loads(_jsonish_to_json(text), strict=False)
-
-
-def _call_objects(body: str) -> list[Any]:
-    """The call object(s) in one span body; raises ValueError when no JSON object can be read."""
-    body = _FENCE_RE.sub("", body.strip())
-    starts = [i for i in (body.find("{"), body.find("[")) if i >= 0]
-    if not starts:
-        raise ValueError("no JSON object found")
-    start = min(starts)
-    end = max(body.rfind("}"), body.rfind("]"))
-    value = _lenient_json(body[start : end + 1] if end > start else body[start:])
-    calls = value if isinstance(value, list) else [value]
-    if not calls or not all(isinstance(call, Mapping) for call in calls):
-        raise ValueError(f"a tool call must be a JSON object (or a list of them), got {value!r:.80}")
-    return calls
-
-
-def _check_call(obj: Any, tool_names: Collection[str] | None) -> tuple[str, dict[str, Any]]:
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"a tool call must be a JSON object, got {type(obj).__name__}")
-    function = obj.get("function")
-    if isinstance(function, Mapping):  # OpenAI shape {"function": {"name", "arguments"}}
-        obj = function
-    name = obj.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError('the call has no "name"')
-    args = next((obj[key] for key in ("args", "arguments", "parameters") if key in obj), {})
-    if isinstance(args, str):
-        args = _lenient_json(args) if args.strip() else {}
-    if not isinstance(args, Mapping):
-        raise ValueError(f'"args" must be a JSON object, got {type(args).__name__}')
-    name = name.strip()
-    if tool_names is not None and name not in tool_names:
-        raise ValueError(f"unknown tool {name!r}; available tools: {sorted(tool_names)}")
-    return name, dict(args)
-
-
-def _new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
 def parse_tool_calls(text: str, tool_names: Collection[str] | None = None) -> ParsedToolCalls:
-    """Every ``<tool_call>{...}</tool_call>`` span of ``text`` (an unclosed last one included) as tool calls.
-
-    Calls naming a tool outside ``tool_names`` (when given) or that cannot be read become invalid calls whose
-    ``args`` is the span as written. The returned ``text`` is ``text`` with the spans removed.
-    """
-    spans: list[tuple[str, str]] = []  # (markup as written, body)
-    kept: list[str] = []
-    position = 0
-    for match in _CALL_RE.finditer(text):
-        kept.append(text[position : match.start()])
-        spans.append((match.group(0), match.group(1)))
-        position = match.end()
-    rest = text[position:]
-    unclosed = _OPEN_RE.search(rest)
-    if unclosed is not None:
-        kept.append(rest[: unclosed.start()])
-        spans.append((rest[unclosed.start() :], rest[unclosed.end() :]))
-    else:
-        kept.append(rest)
-    result = ParsedToolCalls(text="".join(kept))
-    for markup, body in spans:
-        try:
-            objects = _call_objects(body)
-        except ValueError as error:
-            result.invalid_tool_calls.append(
-                invalid_tool_call(name=None, args=markup, id=_new_call_id(), error=f"unreadable tool call: {error}")
-            )
-            continue
-        for obj in objects:
-            try:
-                name, args = _check_call(obj, tool_names)
-            except ValueError as error:
-                raw_name = obj.get("name") if isinstance(obj, Mapping) else None
-                result.invalid_tool_calls.append(
-                    invalid_tool_call(
-                        name=raw_name if isinstance(raw_name, str) else None,
-                        args=markup,
-                        id=_new_call_id(),
-                        error=str(error),
-                    )
-                )
-                continue
-            result.tool_calls.append(tool_call(name=name, args=args, id=_new_call_id()))
-    return result
+    """Every ``<tool_call>{...}</tool_call>`` span of ``text`` (an unclosed last one included) as LangChain tool
+    calls (``protocol.parsing.split_tool_calls``); unreadable ones become invalid calls whose ``args`` is the span
+    as written. The returned ``text`` is ``text`` with the spans removed."""
+    parsed = split_tool_calls(text, tool_names)
+    return ParsedToolCalls(
+        text=parsed.text,
+        tool_calls=[tool_call(name=call.name, args=call.args, id=call.id) for call in parsed.calls],
+        invalid_tool_calls=[
+            invalid_tool_call(name=bad.name, args=bad.raw, id=bad.id, error=bad.error) for bad in parsed.invalid
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- display text

@@ -30,8 +30,8 @@ from seedx_agent.errors import (
     InvalidImageError,
     InvalidPromptError,
 )
-from seedx_agent.tokens import Box
-from seedx_agent.tool_protocol import edit_result, generate_result, ground_result, quote, recall_result
+from seedx_agent.pipeline.tokens import Box
+from seedx_agent.protocol.tool_calls import edit_result, generate_result, ground_result, quote, recall_result
 
 __all__ = [
     "MAX_RECALL_K",

@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from seedx_agent.copy_arguments import CopyArguments
-from seedx_agent.decoding import GenerationOptions
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature import world
 from seedx_agent.miniature.evaluate import (
@@ -27,7 +25,9 @@ from seedx_agent.miniature.evaluate import (
 )
 from seedx_agent.miniature.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog
 from seedx_agent.model import ChatMessage
-from seedx_agent.tool_protocol import COMPACT_MAX_NEW_TOKENS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from seedx_agent.pipeline.decoding import GenerationOptions
+from seedx_agent.protocol.copy_arguments import CopyArguments
+from seedx_agent.protocol.tool_calls import COMPACT_MAX_NEW_TOKENS, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 __all__ = ["ALL_TASKS", "EVAL_TASKS", "WORKFLOW_TASKS", "evaluate_model", "heldout_dialogs"]
 
@@ -108,9 +108,7 @@ def heldout_dialogs(n: int, seed: int = 0) -> list[ToolDialog]:
     """``n`` agent dialogs from held-out world seeds, the dialog kinds in turn (equal counts per kind)."""
     kinds = sorted(DIALOG_KINDS)
     split = world.SPLITS["heldout"]
-    return [
-        DIALOG_KINDS[kinds[i % len(kinds)]](random.Random(split.sample_seed(i, seed) * 101 + 17)) for i in range(n)
-    ]
+    return [DIALOG_KINDS[kinds[i % len(kinds)]](random.Random(split.sample_seed(i, seed) * 101 + 17)) for i in range(n)]
 
 
 def _planner_turn(model: Any, conversation: Sequence[str], copy_arguments: bool) -> str:

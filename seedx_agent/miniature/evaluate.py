@@ -43,7 +43,7 @@ from seedx_agent.miniature.world import (
     shape_extent,
     shape_mask,
 )
-from seedx_agent.tokens import Box, strip_tags
+from seedx_agent.pipeline.tokens import Box, strip_tags
 
 __all__ = [
     "DONE_BARS",

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from seedx_agent.detokenizer import Detokenizer
 from seedx_agent.errors import ConfigError
-from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.miniature.world_data import SceneBatch, WorldData, scene_targets
-from seedx_agent.training.examples import IGNORE_INDEX, TrainingExample, collate
+from seedx_agent.pipeline.detokenizer import Detokenizer
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.vision import QwenViT, pool_tokens_4to1
 from seedx_agent.training.recipes import lvlm_forward, vit_features
-from seedx_agent.vision import QwenViT, pool_tokens_4to1
+from seedx_agent.training.samples import IGNORE_INDEX, TrainingExample, collate
 
 __all__ = ["BandLoss", "cell_probes", "conditioning_use", "ridge_probe", "teacher_forced_exact"]
 

@@ -27,10 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
-from seedx_agent.lvlm import SeedXLVLM
 from seedx_agent.miniature import world
 from seedx_agent.miniature.world_data import (
     COLOUR_CLASSES,
@@ -39,7 +37,10 @@ from seedx_agent.miniature.world_data import (
     WorldData,
     scene_targets,
 )
-from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.vision import QwenViT, pool_tokens_4to1
 from seedx_agent.training.loop import LoopConfig, LoopResult, distributed_context, run_loop
 from seedx_agent.training.recipes import (
     LoraSettings,
@@ -54,7 +55,6 @@ from seedx_agent.training.recipes import (
     stage2_from_stage1,
     vit_features,
 )
-from seedx_agent.vision import QwenViT, pool_tokens_4to1
 
 __all__ = [
     "MINI_LORA",
@@ -214,7 +214,7 @@ def input_resampler_align(
     reads), and the LLM learns to answer from the blur. This step first trains it, with the ViT frozen,
     under ``ViTWorldHeads`` (global plus per-cell local heads on its output grid). Returns the loop
     result and the held-out per-cell accuracy of the global heads."""
-    from seedx_agent.anyres import THUMBNAIL_POSITION
+    from seedx_agent.pipeline.anyres import THUMBNAIL_POSITION
 
     frozen(vision)
     lvlm.requires_grad_(False)
@@ -489,8 +489,8 @@ def assemble_mini(
 
     The one trained LLM serves both the ``seed-x-i`` and the ``seed-x-edit`` roles (stored once).
     """
-    from seedx_agent.checkpoints import save_components
     from seedx_agent.training.loop import checkpoint_step
+    from seedx_agent.weights import save_components
 
     out = Path(out_dir)
     need = {

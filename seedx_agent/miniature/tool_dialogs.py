@@ -8,7 +8,7 @@ A dialog is one request of the chat agent (``seedx_agent.graphs.create_chat_agen
     user:      [TOOL RESULT ..] <tool_output ..> the tool's content </tool_output> [END TOOL RESULT]
     assistant: a short answer that reports what the tool returned (ids, box, answer)
 
-Every string comes from ``seedx_agent.tool_protocol``, the module the tools and the chat model use, so the
+Every string comes from ``seedx_agent.protocol.tool_calls``, the module the tools and the chat model use, so the
 training text equals the inference text token for token (``tests/tools/test_agent_dialogs.py`` checks it
 through ``ChatSeedX``). Some dialogs stop after the call (then EOS), because at inference the call is the end
 of the model's turn; the others run to the answer (``WorldData.agent_examples`` sets the share). Requests,
@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from seedx_agent.miniature import world
-from seedx_agent.tool_protocol import (
+from seedx_agent.protocol.tool_calls import (
     IdAliases,
     edit_result,
     format_box,

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from seedx_agent.errors import ConfigError
-from seedx_agent.tokens import encode_box
-from seedx_agent.tool_protocol import DESCRIBE_QUESTION
+from seedx_agent.pipeline.tokens import encode_box
+from seedx_agent.protocol.tool_calls import DESCRIBE_QUESTION
 
 __all__ = [
     "BACKGROUNDS",

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seedx_agent import prompts
-from seedx_agent.anyres import preprocess, vit_transform
 from seedx_agent.config import SeedXConfig
-from seedx_agent.detokenizer import pil_to_tensor
 from seedx_agent.miniature import world
 from seedx_agent.miniature.tool_dialogs import random_dialog
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import BOX_START
-from seedx_agent.training.examples import (
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.anyres import preprocess, vit_transform
+from seedx_agent.pipeline.detokenizer import pil_to_tensor
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import BOX_START
+from seedx_agent.training.samples import (
     TrainingExample,
     _Builder,
     chat_example,

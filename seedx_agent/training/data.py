@@ -28,12 +28,12 @@ from typing import Any
 import PIL.Image
 import torch
 
-from seedx_agent import prompts
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError, InvalidImageError, InvalidPromptError
-from seedx_agent.images import load_image
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.examples import (
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.images import load_image
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.training.samples import (
     TrainingExample,
     _Builder,
     comprehension_example,
@@ -204,7 +204,7 @@ def story_examples(
 ) -> Iterator[TrainingExample]:
     """One example per story step ``i >= 1``: the last ``context`` (image, text) steps as a chat, then
     text ``i`` asking for the next image, answered by image ``i`` (its thumbnail is the target)."""
-    from seedx_agent.anyres import preprocess
+    from seedx_agent.pipeline.anyres import preprocess
 
     stats = stats if stats is not None else ReaderStats()
     n_tokens = config.lvlm.num_image_tokens

@@ -19,9 +19,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seedx_agent.errors import CheckpointError, ConfigError
+from seedx_agent.weights.io import atomic_folder
 
 __all__ = [
     "DistributedContext",
@@ -208,24 +207,12 @@ def _save_checkpoint(
     history: list[dict[str, float]],
 ) -> None:
     target = out_dir / CHECKPOINT_DIR
-    staging = out_dir / f".{CHECKPOINT_DIR}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    try:
+    with atomic_folder(target) as staging:
         save_file(trainable_state(modules), str(staging / "weights.safetensors"))
         tensors, groups = _optimizer_tensors(optimizer)
         save_file(tensors, str(staging / "optimizer.safetensors"))
         state = {"step": step, "param_groups": groups, "config": asdict(config), "history": history[-200:]}
         (staging / STATE_FILE).write_text(json.dumps(state))
-        if target.exists():
-            retired = out_dir / f".{CHECKPOINT_DIR}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(retired)
-            staging.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def checkpoint_step(out_dir: str | Path) -> int | None:

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from seedx_agent.config import SeedXConfig
-from seedx_agent.detokenizer import Detokenizer, expand_conv_in
 from seedx_agent.errors import ConfigError
-from seedx_agent.lvlm import LVLMOutput, SeedXLVLM
-from seedx_agent.training.examples import Batch, TrainingExample, collate
+from seedx_agent.pipeline.detokenizer import Detokenizer, expand_conv_in
+from seedx_agent.pipeline.lvlm import LVLMOutput, SeedXLVLM
+from seedx_agent.pipeline.vision import QwenViT, pool_tokens_4to1
 from seedx_agent.training.loop import LoopConfig, LoopResult, load_trainable_state, run_loop
-from seedx_agent.vision import QwenViT, pool_tokens_4to1
+from seedx_agent.training.samples import Batch, TrainingExample, collate
 
 __all__ = [
     "ImageBatches",

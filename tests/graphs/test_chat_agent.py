@@ -35,7 +35,7 @@ def turn(*calls: tuple[str, dict[str, Any]], content: str = "") -> AIMessage:
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.fixture(scope="module")

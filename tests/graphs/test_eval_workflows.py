@@ -46,7 +46,7 @@ def test_refine_answers_with_the_version_that_passed_most_checks() -> None:
 
 
 def test_workflow_tasks_run_and_report_on_tiny_random() -> None:
-    model = SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+    model = SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit"))
     report = evaluate_model(model, n=1, tasks=["refine", "story", "slides"], num_inference_steps=1, progress=False)
     values = report.to_dict()
     assert set(values["refine"]) >= {"single_shot", "refined", "refined_last", "rounds", "refined_r4", "seconds_r4"}

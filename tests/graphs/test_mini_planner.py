@@ -30,7 +30,7 @@ SCENE = world.Scene(
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.load("mini", variants=("seed-x-i", "seed-x-edit")))
+    return SeedXEngine(SeedX.from_pretrained("mini", variants=("seed-x-i", "seed-x-edit")))
 
 
 def _turn(graph, config: dict, request: str) -> tuple[AIMessage, ToolMessage, AIMessage]:

@@ -23,7 +23,7 @@ from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError, InvalidPromptError
 from seedx_agent.miniature.planners import WorldPlanner
 from seedx_agent.model import GroundingResult, SeedX
-from seedx_agent.tokens import Box
+from seedx_agent.pipeline.tokens import Box
 
 REQUEST = "a lighthouse at dusk, warm light, two boats on the left"
 PLAN = {
@@ -38,7 +38,7 @@ PLAN = {
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.fixture

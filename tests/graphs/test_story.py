@@ -57,7 +57,7 @@ class RecordingEngine(SeedXEngine):
 
 @pytest.fixture(scope="module")
 def engine() -> RecordingEngine:
-    return RecordingEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+    return RecordingEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.fixture

@@ -130,7 +130,6 @@ def test_unreachable_chroma_server(tmp_path: Path) -> None:
 
 
 def test_encoded_images_go_through_the_core_loader(memory: ImageMemory) -> None:
-    pytest.importorskip("seedx_agent.images", reason="seedx_agent.images (load_image) is not written yet")
     image = noise_image(11)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -18,7 +18,7 @@ from seedx_agent.model import SeedX
 @pytest.fixture(scope="session")
 def tiny_model() -> SeedX:
     """The tiny-random stack with the instruct and edit LLMs and both de-tokenizer stages."""
-    return SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+    return SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit"))
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seedx_agent.decoding import GenerationOptions
 from seedx_agent.engine import SeedXEngine
+from seedx_agent.pipeline.decoding import GenerationOptions
 
 DEADLINE_S = 240.0
 SHORT = GenerationOptions(max_new_tokens=8)

@@ -12,12 +12,12 @@ from PIL import Image
 from seedx_agent.memory import InvalidImageIdError, validate_image_id
 from seedx_agent.memory.records import new_image_id
 
-from seedx_agent import prompts
-from seedx_agent.anyres import parse_grids, preprocess
 from seedx_agent.config import SeedXConfig
-from seedx_agent.lvlm import scatter_image_embeds
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import NUM_LOC_BINS, TokenIds, decode_box, encode_box, parse_boxes
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.anyres import parse_grids, preprocess
+from seedx_agent.pipeline.lvlm import scatter_image_embeds
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import NUM_LOC_BINS, TokenIds, decode_box, encode_box, parse_boxes
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOKENIZER = SeedXTokenizer.tiny()

@@ -17,22 +17,22 @@ from seedx_agent.memory import ImageMemory
 from seedx_agent.tools import make_seedx_tools, parse_tool_calls
 from seedx_agent.tools.chat_model import render_messages
 
-from seedx_agent import prompts
 from seedx_agent.config import SeedXConfig
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.miniature.tool_dialogs import DIALOG_KINDS, SEEDX_TOOL_SPECS, ToolDialog, scramble_free_text
 from seedx_agent.miniature.world_data import WorldData
 from seedx_agent.model import SeedX
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tool_protocol import IdAliases, tool_specs_text
-from seedx_agent.training.examples import IGNORE_INDEX, chat_example
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.protocol.tool_calls import IdAliases, tool_specs_text
+from seedx_agent.training.samples import IGNORE_INDEX, chat_example
 
 NAMESPACE = "user:test/thread:agent"
 
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i",)))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i",)))
 
 
 @pytest.fixture(scope="module")

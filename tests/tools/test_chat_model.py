@@ -28,11 +28,11 @@ from seedx_agent.tools.chat_model import (
     visible_text,
 )
 
-from seedx_agent import prompts
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError, InvalidImageError, InvalidPromptError
 from seedx_agent.model import ChatResult, SeedX
-from seedx_agent.tokens import strip_tags
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.tokens import strip_tags
 
 NAMESPACE = "user:test/thread:chat"
 SIZE = (48, 40)  # (width, height) of the test picture
@@ -41,7 +41,7 @@ RED = (200, 30, 30)
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i",)))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i",)))
 
 
 @pytest.fixture(scope="module")
@@ -509,7 +509,7 @@ def test_copy_arguments_constrains_compact_tool_calls(
 ) -> None:
     """auto: a compact-protocol call decodes with CopyArguments over the user's turns (as the model sees them);
     full specs, no bound tools, or "off" decode unconstrained; "on" forces it."""
-    from seedx_agent.copy_arguments import CopyArguments
+    from seedx_agent.protocol.copy_arguments import CopyArguments
 
     processors: list = []
 

@@ -36,7 +36,7 @@ SCENE = world.Scene(
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.load("mini", variants=("seed-x-i",)))
+    return SeedXEngine(SeedX.from_pretrained("mini", variants=("seed-x-i",)))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,7 +47,7 @@ def _resources(engine: SeedXEngine, memory: ImageMemory) -> None:
 def _engine(name: str) -> SeedXEngine:
     engines = RESOURCES["engines"]
     if name not in engines:
-        engines[name] = SeedXEngine(SeedX.load(name, variants=("seed-x-i",)))
+        engines[name] = SeedXEngine(SeedX.from_pretrained(name, variants=("seed-x-i",)))
     return engines[name]
 
 

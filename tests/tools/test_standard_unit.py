@@ -27,7 +27,7 @@ RESOURCES: dict[str, Any] = {}  # filled once per module by ``_resources``: the 
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.fixture(scope="module", autouse=True)

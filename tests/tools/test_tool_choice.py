@@ -20,12 +20,12 @@ from seedx_agent.memory import ImageMemory
 from seedx_agent.tools import ChatSeedX, UnsupportedContentError, parse_tool_calls
 from seedx_agent.tools.chat_rendering import history_tool_calls, render_messages
 
-from seedx_agent.copy_arguments import CopyArguments, SchemaGrammar
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError
 from seedx_agent.model import SeedX
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tool_protocol import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.protocol.copy_arguments import CopyArguments, SchemaGrammar
+from seedx_agent.protocol.tool_calls import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 NAMESPACE = "user:test/thread:tool-choice"
 
@@ -56,7 +56,7 @@ def tokenizer() -> SeedXTokenizer:
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i",)))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i",)))
 
 
 @pytest.fixture(scope="module")

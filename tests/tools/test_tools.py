@@ -17,14 +17,14 @@ from seedx_agent.tools import SeedXToolbox, annotate_boxes, make_seedx_tools, me
 from seedx_agent.engine import SeedXEngine
 from seedx_agent.errors import ConfigError
 from seedx_agent.model import SeedX
-from seedx_agent.tokens import Box
+from seedx_agent.pipeline.tokens import Box
 
 NAMESPACE = "user:test/thread:1"
 
 
 @pytest.fixture(scope="module")
 def engine() -> SeedXEngine:
-    return SeedXEngine(SeedX.from_preset("tiny-random", variants=("seed-x-i", "seed-x-edit")))
+    return SeedXEngine(SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit")))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from seedx_agent.config import SeedXConfig
-from seedx_agent.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from seedx_agent.miniature.eval_model import evaluate_model
-from seedx_agent.model import SeedX, bundled_mini_path
+from seedx_agent.model import SeedX
+from seedx_agent.weights.loading import bundled_mini_path
 
 # (task, metric) -> floor on the first N held-out samples (seed 0), about two samples under what the bundled
 # weights measured there: VQA 68.8 %, grounding hit 43.8 %, reconstruction 93.8 %, text-to-image 93.8 %,

@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 import torch
 
-from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature import world
@@ -21,9 +20,10 @@ from seedx_agent.miniature.probes import (
     teacher_forced_exact,
 )
 from seedx_agent.miniature.world_data import WorldData, scene_targets
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.examples import IGNORE_INDEX, collate
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
 from seedx_agent.training.recipes import lvlm_loss, vit_features
+from seedx_agent.training.samples import IGNORE_INDEX, collate
 
 
 def _labels(n: int, cells: int, classes: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 
 from seedx_agent.errors import ConfigError
-from seedx_agent.tokens import BOI
+from seedx_agent.pipeline.tokens import BOI
 from seedx_agent.training.data import (
     POLITE_RESPONSES,
     ReaderStats,
@@ -18,7 +18,7 @@ from seedx_agent.training.data import (
     llava_examples,
     story_examples,
 )
-from seedx_agent.training.examples import IGNORE_INDEX
+from seedx_agent.training.samples import IGNORE_INDEX
 
 
 @pytest.fixture

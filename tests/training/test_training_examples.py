@@ -8,9 +8,9 @@ import torch
 
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError, InvalidPromptError
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import BOI, BOP, EOI, EOP, image_token
-from seedx_agent.training.examples import (
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import BOI, BOP, EOI, EOP, image_token
+from seedx_agent.training.samples import (
     IGNORE_INDEX,
     collate,
     comprehension_example,

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from seedx_agent.components import build_components
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError
 from seedx_agent.miniature.recipe import (
@@ -23,8 +22,9 @@ from seedx_agent.miniature.recipe import (
 )
 from seedx_agent.miniature.world_data import KIND_CLASSES, WorldData
 from seedx_agent.model import SeedX
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.training.examples import collate
+from seedx_agent.pipeline.components import build_components
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.vision import pool_tokens_4to1
 from seedx_agent.training.loop import LoopConfig
 from seedx_agent.training.recipes import (
     LoraSettings,
@@ -38,7 +38,7 @@ from seedx_agent.training.recipes import (
     stage2_from_stage1,
     vit_features,
 )
-from seedx_agent.vision import pool_tokens_4to1
+from seedx_agent.training.samples import collate
 
 
 class FixedBatch(WorldData):

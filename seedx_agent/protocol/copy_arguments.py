@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from seedx_agent import json_prefix
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tool_protocol import DESCRIBE_QUESTION, SYSTEM_CLOSE, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.protocol import json_prefix
+from seedx_agent.protocol.tool_calls import DESCRIBE_QUESTION, SYSTEM_CLOSE, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 if TYPE_CHECKING:
     from seedx_agent.model import ChatMessage

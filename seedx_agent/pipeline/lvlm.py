@@ -15,8 +15,8 @@ from torch import nn
 
 from seedx_agent.config import LLMConfig, LVLMConfig
 from seedx_agent.errors import ImageTokenMismatchError
-from seedx_agent.resampler import QwenResampler
-from seedx_agent.vision import pool_tokens_4to1
+from seedx_agent.pipeline.resampler import QwenResampler
+from seedx_agent.pipeline.vision import pool_tokens_4to1
 
 __all__ = ["LVLMOutput", "SeedXLVLM", "scatter_image_embeds"]
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from seedx_agent.config import VisionConfig
 from seedx_agent.errors import ConfigError, InvalidImageError
-from seedx_agent.images import to_rgb
+from seedx_agent.pipeline.images import to_rgb
 
 __all__ = [
     "THUMBNAIL_POSITION",
@@ -228,7 +228,8 @@ def _pool() -> ThreadPoolExecutor:
 def _as_rgb(image: PIL.Image.Image, caller: str) -> PIL.Image.Image:
     if not isinstance(image, PIL.Image.Image):
         raise InvalidImageError(
-            f"{caller} expects a PIL image, got {type(image).__name__}; read it with seedx_agent.images.load_image"
+            f"{caller} expects a PIL image, got {type(image).__name__}; "
+            "read it with seedx_agent.pipeline.images.load_image"
         )
     # Orientation is load_image's job; here only the mode is normalised so sizes stay the caller's.
     return image if image.mode == "RGB" else to_rgb(image, apply_exif_orientation=False)

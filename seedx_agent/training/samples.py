@@ -8,7 +8,7 @@ One ``TrainingExample`` is one sample before padding. Builders mirror the offici
   placeholders and ``</img>`` are not;
 * editing: the source crops are inputs, the target thumbnail is the regression target.
 
-Prompts are rendered by ``seedx_agent.prompts`` so training sees exactly the token sequences that
+Prompts are rendered by ``seedx_agent.pipeline.prompts`` so training sees exactly the token sequences that
 inference builds. Sequences are right-padded per batch (dynamic padding): with causal attention and
 -100 labels on the padding this gives the same losses as the official fixed ``max_length`` padding.
 """
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import PIL.Image
 import torch
 
-from seedx_agent import prompts
-from seedx_agent.anyres import AnyResCrops, preprocess
 from seedx_agent.config import SeedXConfig
 from seedx_agent.errors import ConfigError, InvalidPromptError
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.tokens import BOI, EOI, image_token
+from seedx_agent.pipeline import prompts
+from seedx_agent.pipeline.anyres import AnyResCrops, preprocess
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.tokens import BOI, EOI, image_token
 
 __all__ = [
     "IGNORE_INDEX",

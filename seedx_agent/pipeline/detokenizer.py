@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from seedx_agent.config import DetokenizerConfig
 from seedx_agent.errors import CapabilityMissingError, ConfigError, InvalidImageError
-from seedx_agent.resampler import PerceiverResampler
+from seedx_agent.pipeline.resampler import PerceiverResampler
 
 __all__ = [
     "SCHEDULERS",

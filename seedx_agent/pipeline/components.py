@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from seedx_agent.config import VARIANTS, SeedXConfig
-from seedx_agent.detokenizer import Detokenizer
 from seedx_agent.errors import ConfigError
-from seedx_agent.lvlm import SeedXLVLM
-from seedx_agent.tokenizer import SeedXTokenizer
-from seedx_agent.vision import QwenViT
+from seedx_agent.pipeline.detokenizer import Detokenizer
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.tokenizer import SeedXTokenizer
+from seedx_agent.pipeline.vision import QwenViT
 
 __all__ = ["SeedXComponents", "build_components", "import_diffusers_without_bitsandbytes", "stage_for_variant"]
 
@@ -59,7 +59,7 @@ class _DeferringFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 _DEFERRING: set[str] = set()
-# what seedx_agent.detokenizer imports from diffusers
+# what seedx_agent.pipeline.detokenizer imports from diffusers
 _DIFFUSERS_CLASSES = (
     "AutoencoderKL",
     "DDPMScheduler",

@@ -36,6 +36,7 @@ import io
 import logging
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,14 +44,16 @@ import numpy as np
 import PIL.Image
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from seedx_agent.errors import ConfigError, ImageTooLargeError, InvalidImageError
+from seedx_agent.errors import ConfigError, ImageTooLargeError, InvalidImageError, InvalidPromptError
 
 __all__ = [
     "ACCEPTED_IMAGE_TYPES",
     "DEFAULT_MAX_PIXELS",
     "ImageSource",
+    "as_image_list",
     "check_image_size",
     "check_image_source",
+    "is_image_source",
     "load_image",
     "to_rgb",
 ]
@@ -60,8 +63,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 64_000_000  # e.g. 8000x8000; the one limit of the library (module docstring)
 ImageSource = str | Path | bytes | PIL.Image.Image | np.ndarray
 ACCEPTED_IMAGE_TYPES = (
-    "a path (str or pathlib.Path), a 'data:image/...;base64,' URL, encoded bytes, a PIL.Image.Image "
-    "or a numpy array"
+    "a path (str or pathlib.Path), a 'data:image/...;base64,' URL, encoded bytes, a PIL.Image.Image or a numpy array"
 )
 _SOURCE_TYPES = (str, Path, bytes, bytearray, memoryview, PIL.Image.Image, np.ndarray)
 
@@ -176,9 +178,7 @@ def _check_path(path: str | Path) -> Path:
 def _data_url_bytes(url: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
-        raise InvalidImageError(
-            f"data URL {url[:40]!r}... is not of the form 'data:image/<type>;base64,<data>'"
-        )
+        raise InvalidImageError(f"data URL {url[:40]!r}... is not of the form 'data:image/<type>;base64,<data>'")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -297,3 +297,20 @@ def _rescale_to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
     values: Any = np.asarray(image, dtype=np.float64)  # (H, W)
     values = np.where(np.isfinite(values), values, 0.0)
     return Image.fromarray(_rescale_values(values), mode="L")
+
+
+def is_image_source(value: object) -> bool:
+    """Whether ``value`` is one image (not a sequence of them)."""
+    return isinstance(value, (str, Path, bytes, bytearray, memoryview, PIL.Image.Image, np.ndarray))
+
+
+def as_image_list(images: object, argument: str = "images", *, allow_empty: bool = False) -> list[object]:
+    """One image -> ``[image]``; a list/tuple -> a list; ``None`` or any other type -> ``InvalidImageError``."""
+    if is_image_source(images):
+        return [images]
+    if not isinstance(images, Sequence):
+        check_image_source(images, argument=argument)  # raises, naming the argument and the accepted types
+    result = list(images)  # type: ignore[call-overload]
+    if not result and not allow_empty:
+        raise InvalidPromptError(f"no image given in {argument}; pass at least one image")
+    return result

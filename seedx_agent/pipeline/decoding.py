@@ -5,8 +5,8 @@ the official forcing rule, so we feed all placeholders in ONE forward pass and k
 final-layer (post-norm) hidden states as the image features. The official loop needs one decoding
 step per placeholder and keeps every layer's hidden states; the result is the same (pinned by a test).
 
-In the official comparison mode (``placeholder_mask="official_zero"``) stray placeholders can win (their
-logits are 0.0, not -inf), and the official processor then forces the rest of the run from that
+In the official comparison mode (``ComparisonSwitches(placeholder_mask="official_zero")``) stray placeholders
+can win (their logits are 0.0, not -inf), and the official processor then forces the rest of the run from that
 placeholder on (``<img_k>`` -> ``<img_k+1>`` ... ``</img>``); we do the same (:func:`forced_tokens`). A run
 that starts at ``<img_00000>`` has the same 64 input placeholders as a block opened by ``<img>``, so its
 hidden states are kept as image features exactly as the official ``generate`` does. A run that starts at a
@@ -24,10 +24,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from seedx_agent.lvlm import SeedXLVLM
-from seedx_agent.tokens import TokenIds
+from seedx_agent.pipeline.lvlm import SeedXLVLM
+from seedx_agent.pipeline.tokens import TokenIds
 
 __all__ = [
+    "ComparisonSwitches",
     "DecodeOutput",
     "GenerationOptions",
     "LogitsProcessor",
@@ -43,8 +44,36 @@ logger = logging.getLogger(__name__)
 LogitsProcessor = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
 
 
+class ComparisonSwitches(BaseModel):
+    """Switches back to the official algorithm, one at a time, for comparisons and checks (benchmarks, tests).
+
+    Our defaults give the official answers faster, except ``placeholder_mask`` (see its comment);
+    ``ComparisonSwitches.official()`` turns all three to the official code's behaviour.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "neg_inf": placeholders/</img> can never be emitted outside an image block (our default);
+    # "official_zero": their logits are set to 0.0 as in the official processor (§6.1), and a placeholder that
+    # wins anyway forces the rest of its run up to </img>, as the official processor does.
+    placeholder_mask: Literal["neg_inf", "official_zero"] = "neg_inf"
+    # "one_forward" (fast) or "per_token" (the official one-step-per-placeholder path).
+    image_block_mode: Literal["one_forward", "per_token"] = "one_forward"
+    # One-token steps: "lean" walks the LLaMA layers directly (bit-identical, ~1 ms/step less overhead;
+    # seedx_agent.speed.lean_step), "transformers" calls LlamaModel.forward as the official code does.
+    decode_step: Literal["lean", "transformers"] = "lean"
+
+    @classmethod
+    def official(cls) -> ComparisonSwitches:
+        """Every switch on the official code's behaviour."""
+        return cls(placeholder_mask="official_zero", image_block_mode="per_token", decode_step="transformers")
+
+
 class GenerationOptions(BaseModel):
-    """How to pick tokens. Greedy by default, as the official code; sampling knobs really apply."""
+    """How to pick tokens (the user's knobs). Greedy by default, as the official code; sampling knobs really apply.
+
+    ``compare`` groups the switches back to the official algorithm, which only comparisons need.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,19 +83,11 @@ class GenerationOptions(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
     seed: int | None = None
-    # "neg_inf": placeholders/</img> can never be emitted outside an image block (our default);
-    # "official_zero": their logits are set to 0.0 as in the official processor (§6.1), and a placeholder that
-    # wins anyway forces the rest of its run up to </img>, as the official processor does.
-    placeholder_mask: Literal["neg_inf", "official_zero"] = "neg_inf"
     # Replace an early end (EOS or running out of budget) by ``<img>`` when no image was produced yet.
     require_image: bool = False
-    # "one_forward" (fast) or "per_token" (the official one-step-per-placeholder path, for checks).
-    image_block_mode: Literal["one_forward", "per_token"] = "one_forward"
     # Reuse (and store) the KV entries of the prompt up to its last input image (SeedX.prefix_cache).
     prefix_cache: bool = True
-    # One-token steps: "lean" walks the LLaMA layers directly (bit-identical, ~1 ms/step less overhead;
-    # seedx_agent.decode_step), "transformers" calls LlamaModel.forward as the official code does.
-    decode_step: Literal["lean", "transformers"] = "lean"
+    compare: ComparisonSwitches = ComparisonSwitches()
 
 
 @dataclass
@@ -138,11 +159,11 @@ def decode(
     final token once the budget is used up. ``logits_processor`` (if any) adjusts each text token's logits
     after the placeholder mask; forced image blocks do not consult it.
     """
-    from seedx_agent.decode_step import LeanStep, lean_step_supported
-    from seedx_agent.kv_layers import new_kv_cache
+    from seedx_agent.speed.growing_kv import new_kv_cache
+    from seedx_agent.speed.lean_step import LeanStep, lean_step_supported
 
     model, head = lvlm.backbone, lvlm.lm_head
-    lean = options.decode_step == "lean" and lean_step_supported(model)
+    lean = options.compare.decode_step == "lean" and lean_step_supported(model)
     stepper: LeanStep | None = None  # built at the first one-token step
     embed = lvlm.llm.get_input_embeddings()
     device = inputs_embeds.device
@@ -175,12 +196,12 @@ def decode(
             on_token(token)
 
     while len(generated) < options.max_new_tokens:
-        forced = forced_tokens(last, ids, options.placeholder_mask)
+        forced = forced_tokens(last, ids, options.compare.placeholder_mask)
         if forced:
             # Inputs that are placeholders: the forced ones, plus ``last`` when a placeholder opened the run
             # (it is the final position of ``pending``).
             lead = 0 if last == ids.boi else 1
-            if options.image_block_mode == "one_forward":
+            if options.compare.image_block_mode == "one_forward":
                 block = embed_ids(list(forced))  # (1, len(forced), hidden)
                 feed = block if pending is None else torch.cat([pending, block], dim=1)
                 hidden = run(feed)  # (1, n, hidden)
@@ -201,7 +222,7 @@ def decode(
         if pending is not None:
             hidden_last = run(pending)[:, -1]
             pending = None
-        logits = apply_placeholder_mask(head(hidden_last)[0].float(), ids, options.placeholder_mask)
+        logits = apply_placeholder_mask(head(hidden_last)[0].float(), ids, options.compare.placeholder_mask)
         if logits_processor is not None:
             logits = logits_processor(generated, logits)
         if options.require_image and not images:

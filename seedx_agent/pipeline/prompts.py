@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from seedx_agent.errors import ConfigError, InvalidPromptError
-from seedx_agent.tokens import BOI, BOP, BOX_START, EOI, EOP, Box, InputSlot, Special, box_tokens, image_token
+from seedx_agent.pipeline.tokens import BOI, BOP, BOX_START, EOI, EOP, Box, InputSlot, Special, box_tokens, image_token
 
 __all__ = [
     "INST_CLOSE",

@@ -16,7 +16,7 @@ from torch import nn
 
 from seedx_agent.config import QwenResamplerConfig, VisionConfig
 from seedx_agent.errors import InvalidImageError
-from seedx_agent.resampler import QwenResampler, interpolate_grid_table
+from seedx_agent.pipeline.resampler import QwenResampler, interpolate_grid_table
 
 __all__ = ["QwenViT", "VisualAttention", "VisualBlock", "pool_tokens_4to1"]
 
@@ -110,7 +110,7 @@ class QwenViT(nn.Module):
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
             raise InvalidImageError(
                 f"QwenViT expects pixel_values of shape (crops, 3, {size}, {size}), got {tuple(pixel_values.shape)}; "
-                "prepare crops with seedx_agent.anyres.preprocess"
+                "prepare crops with seedx_agent.pipeline.anyres.preprocess"
             )
         x = self.conv1(pixel_values.to(device=self.device, dtype=self.dtype))  # (N, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (N, g², width), raster order

@@ -18,7 +18,7 @@ on CPU: ~2 ms per lookup for the 19 MB of ``mini``'s ViT + LLM, a few % of a fol
 The uncached path splits the prompt at the same place, so the cached path feeds the model exactly the
 same tensors and its outputs are bit-identical (pinned by tests/test_kv_cache.py). Stored tensors are
 never modified: a ``DynamicLayer`` grows by ``torch.cat`` into new tensors and a ``GrowingLayer``
-(``seedx_agent.kv_layers``) copy re-allocates before writing, so a hit hands out fresh layer objects that
+(``seedx_agent.speed.growing_kv``) copy re-allocates before writing, so a hit hands out fresh layer objects that
 share the stored tensors (no copy).
 """
 
@@ -204,7 +204,7 @@ def share_cache(cache: object, *, compact: bool = False) -> object:
     """
     from transformers.cache_utils import DynamicLayer
 
-    from seedx_agent.kv_layers import GrowingLayer
+    from seedx_agent.speed.growing_kv import GrowingLayer
 
     def copy_layer(layer: object) -> object:
         if type(layer) is DynamicLayer:

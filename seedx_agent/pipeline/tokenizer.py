@@ -26,12 +26,12 @@ from pathlib import Path
 import sentencepiece as spm
 
 from seedx_agent.errors import CheckpointError, InvalidPromptError
-from seedx_agent.prompts import check_text
-from seedx_agent.tokens import ADDED_TOKENS, InputSlot, Special
+from seedx_agent.pipeline.prompts import check_text
+from seedx_agent.pipeline.tokens import ADDED_TOKENS, InputSlot, Special
 
 __all__ = ["TINY_TOKENIZER_DIR", "SeedXTokenizer", "write_added_tokens"]
 
-TINY_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tiny_tokenizer"
+TINY_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_tokenizer"
 
 
 class SeedXTokenizer:

@@ -13,7 +13,7 @@ rewired while a reply is being decoded; ``lean_step`` is the one-off form.
 
 ``lean_step_supported`` says when the walk is exact: a LLaMA stack in eval mode with SDPA attention and no
 hooks on the stack, its layers or their attention blocks (accelerate offloading, user hooks). Anything else
-goes through ``forward`` (``GenerationOptions.decode_step="transformers"`` forces that too).
+goes through ``forward`` (``ComparisonSwitches(decode_step="transformers")`` forces that too).
 
 ``fuse_qkv`` lets a step read each layer's query, key and value weights in one oneDNN GEMV: it moves the three
 weights into one buffer and leaves the three parameters as views of it (same Parameter objects, same
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seedx_agent.cpu_linear import OneDNNLinear, onednn_linear
+from seedx_agent.speed.cpu_linear import OneDNNLinear, onednn_linear
 
 __all__ = ["LeanStep", "fuse_qkv", "lean_step", "lean_step_supported"]
 
