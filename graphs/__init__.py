@@ -1,14 +1,16 @@
 """LangGraph graphs over the SEED-X tools (``seedx_agent.graphs``): the chat agent and the story, slides and
-refine workflows (planned by any chat model through ``planning``).
-
-Each ``create_*`` factory returns a compiled graph. Names are imported lazily, so ``seedx_agent.graphs.cli_chat``
-(imported by the CLI) does not pull LangGraph in until a graph command actually runs.
-"""
+refine workflows (planned by any chat model through ``planning``). Each ``create_*`` factory returns a compiled
+graph."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .chat_agent import ChatAgentState, create_chat_agent
+from .planning import ChatModelPlanner, PlannerOutputError
+from .refine import RefineState, create_refine_graph
+from .runtime import load_engine, load_planner, open_memory
+from .scripted import ScriptedPlanner
+from .slides import SlidesState, create_slides_graph, make_slides_graph
+from .story import StoryState, create_story_graph, make_story_graph
 
 __all__ = [
     "ChatAgentState",
@@ -28,32 +30,3 @@ __all__ = [
     "make_story_graph",
     "open_memory",
 ]
-
-_HOMES = {
-    "ChatAgentState": "chat_agent",
-    "create_chat_agent": "chat_agent",
-    "RefineState": "refine",
-    "create_refine_graph": "refine",
-    "ScriptedPlanner": "scripted",
-    "ChatModelPlanner": "planning",
-    "PlannerOutputError": "planning",
-    "load_planner": "runtime",
-    "load_engine": "runtime",
-    "open_memory": "runtime",
-    "StoryState": "story",
-    "create_story_graph": "story",
-    "make_story_graph": "story",
-    "SlidesState": "slides",
-    "create_slides_graph": "slides",
-    "make_slides_graph": "slides",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

@@ -11,7 +11,7 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q -e ".[agent,dev]"   # no -c: the newest releases within pyproject's ranges
 HF_HUB_OFFLINE=1 "$VENV/bin/python" -m pytest -q
 {
-  sed -n '1,/^# runs the suite/p' constraints.txt
+  awk '/^#/{print; next} {exit}' constraints.txt
   "$VENV/bin/pip" freeze --exclude-editable | grep -v -i '^torch=='
 } > constraints.txt.new
 mv constraints.txt.new constraints.txt

@@ -1,8 +1,8 @@
 """seedx-agent: SEED-X re-implemented as a library.
 
 ``from seedx_agent import SeedX, SeedXConfig, SeedXEngine, Box, GenerationOptions`` (and the ``SeedXError``
-family) works; each name is imported on first use, so ``import seedx_agent`` stays fast, imports no torch and
-prints nothing.
+family) works. The errors are plain Python and imported at once; every other name is imported on first use, so
+``import seedx_agent`` stays fast, imports no torch and prints nothing.
 """
 
 from __future__ import annotations
@@ -10,49 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from seedx_agent.config import SeedXConfig
-    from seedx_agent.engine import SeedXEngine
-    from seedx_agent.errors import (
-        CapabilityMissingError,
-        CheckpointError,
-        ConfigError,
-        CorruptCheckpointError,
-        DependencyMissingError,
-        ImageTokenMismatchError,
-        ImageTooLargeError,
-        InvalidBoxError,
-        InvalidImageError,
-        InvalidPromptError,
-        NonFiniteWeightError,
-        ResourceExhaustedError,
-        SeedXError,
-        StateDictMismatchError,
-        UnknownPresetError,
-        UnsafeCheckpointError,
-    )
-    from seedx_agent.model import ChatMessage, SeedX
-    from seedx_agent.pipeline.decoding import ComparisonSwitches, GenerationOptions
-    from seedx_agent.pipeline.tokens import Box
+from seedx_agent import errors as _errors
+from seedx_agent.errors import *  # noqa: F403  (the error family; its list lives in errors.__all__)
 
-_ERRORS = (
-    "CapabilityMissingError",
-    "CheckpointError",
-    "ConfigError",
-    "CorruptCheckpointError",
-    "DependencyMissingError",
-    "ImageTokenMismatchError",
-    "ImageTooLargeError",
-    "InvalidBoxError",
-    "InvalidImageError",
-    "InvalidPromptError",
-    "NonFiniteWeightError",
-    "ResourceExhaustedError",
-    "SeedXError",
-    "StateDictMismatchError",
-    "UnknownPresetError",
-    "UnsafeCheckpointError",
-)
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them on first use
+    from seedx_agent.config import SeedXConfig as SeedXConfig
+    from seedx_agent.engine import SeedXEngine as SeedXEngine
+    from seedx_agent.model import ChatMessage as ChatMessage
+    from seedx_agent.model import SeedX as SeedX
+    from seedx_agent.pipeline.decoding import ComparisonSwitches as ComparisonSwitches
+    from seedx_agent.pipeline.decoding import GenerationOptions as GenerationOptions
+    from seedx_agent.pipeline.tokens import Box as Box
+
 # public name -> the module that defines it (imported lazily by __getattr__)
 _EXPORTS: dict[str, str] = {
     "Box": "seedx_agent.pipeline.tokens",
@@ -62,34 +31,9 @@ _EXPORTS: dict[str, str] = {
     "SeedX": "seedx_agent.model",
     "SeedXConfig": "seedx_agent.config",
     "SeedXEngine": "seedx_agent.engine",
-    **dict.fromkeys(_ERRORS, "seedx_agent.errors"),
 }
 
-__all__ = [
-    "Box",
-    "CapabilityMissingError",
-    "ChatMessage",
-    "CheckpointError",
-    "ComparisonSwitches",
-    "ConfigError",
-    "CorruptCheckpointError",
-    "DependencyMissingError",
-    "GenerationOptions",
-    "ImageTokenMismatchError",
-    "ImageTooLargeError",
-    "InvalidBoxError",
-    "InvalidImageError",
-    "InvalidPromptError",
-    "NonFiniteWeightError",
-    "ResourceExhaustedError",
-    "SeedX",
-    "SeedXConfig",
-    "SeedXEngine",
-    "SeedXError",
-    "StateDictMismatchError",
-    "UnknownPresetError",
-    "UnsafeCheckpointError",
-]
+__all__ = sorted([*_EXPORTS, *_errors.__all__])
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 uvicorn) started by ``seedx-agent serve``.
 
 This floor sits above the tools and graphs (it uses ``ChatSeedX`` and the shared engine of
-``seedx_agent.graphs.runtime``); nothing below imports it. ``cli_serve`` (the ``serve`` sub-command) imports
-FastAPI and uvicorn only when the command runs, so ``seedx-agent --help`` stays cheap.
+``seedx_agent.graphs.runtime``); nothing below imports it. Also here: ``ray_serve`` (the same API as Ray Serve
+deployments) and ``ui`` (the Gradio page). Their commands live in ``seedx_agent.cli`` and import FastAPI, Ray or
+Gradio only when they run, so ``seedx-agent --help`` stays cheap.
 """

@@ -12,7 +12,7 @@ __all__ = ["ServeSettings"]
 class ServeSettings:
     """What the server serves and its limits (``seedx-agent serve`` flags)."""
 
-    model: str = "mini"  # spec for SeedX.load (mini, a preset, or a checkpoint folder)
+    model: str = "mini"  # spec for SeedX.from_pretrained (mini, a preset, or a folder)
     # ChatSeedX's image memory: the API stores nothing in it, and its own folder keeps it from locking the one
     # ``seedx-agent chat`` uses (a memory folder is open in one process at a time).
     memory_dir: str = "~/.cache/seedx-agent/serve-memory"

@@ -83,7 +83,7 @@ def _parsers(parser=None):
     """The main parser and every sub-command parser below it."""
     import argparse
 
-    from seedx_agent.cli import build_parser
+    from seedx_agent.cli.main import build_parser
 
     parser = parser or build_parser()
     yield parser
@@ -107,7 +107,7 @@ def test_help_is_for_users_and_every_flag_has_help():
 
 def test_help_is_fast_and_imports_nothing_heavy():
     code = (
-        "import sys; from seedx_agent.cli import build_parser; build_parser();"
+        "import sys; from seedx_agent.cli.main import build_parser; build_parser();"
         "heavy = sorted(m for m in ('torch', 'langgraph', 'chromadb', 'transformers') if m in sys.modules);"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
@@ -116,7 +116,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 
 def test_eval_tasks_list_their_choices():
-    from seedx_agent.cli import EVAL_TASKS, WORKFLOW_TASKS, build_parser
+    from seedx_agent.cli.main import EVAL_TASKS, WORKFLOW_TASKS, build_parser
     from seedx_agent.miniature import eval_model
 
     assert (EVAL_TASKS, WORKFLOW_TASKS) == (eval_model.EVAL_TASKS, eval_model.WORKFLOW_TASKS)  # the CLI's copies
@@ -128,7 +128,7 @@ def test_eval_tasks_list_their_choices():
 
 
 def test_num_inference_steps_everywhere_and_steps_only_where_unambiguous():
-    from seedx_agent.cli import build_parser
+    from seedx_agent.cli.main import build_parser
 
     parser = build_parser()
     commands = {"chat": [], "refine": ["x"], "eval": ["mini"], "demo": [], "story": ["x"], "slides": ["x"]}
@@ -143,7 +143,7 @@ def test_num_inference_steps_everywhere_and_steps_only_where_unambiguous():
 
 
 def test_verbosity_flags():
-    from seedx_agent.cli import build_parser
+    from seedx_agent.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["info"]).verbose == 0

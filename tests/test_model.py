@@ -339,3 +339,22 @@ def test_a_single_image_in_a_chat_message_is_one_image(model, scene):
     listed = model.chat([ChatMessage("user", "What is this?", [scene])], options=opts)
     assert single.raw_text == listed.raw_text
     assert model.chat([ChatMessage("user", "Hi", None)], options=opts).text is not None  # type: ignore[arg-type]
+
+
+def test_de_tokenizers_load_alone_without_any_llm(tmp_path):
+    """A de-tokenizer-only process (e.g. a serving replica) loads no LLM: variants=() with stages=."""
+    full = SeedX.from_pretrained("tiny-random", variants=("seed-x-i", "seed-x-edit"))
+    full.save_pretrained(tmp_path / "ckpt")
+    alone = SeedX.from_pretrained(tmp_path / "ckpt", variants=(), stages=(1, 2))
+    assert alone.variants == () and sorted(alone.parts.detokenizers) == [1, 2]
+    for stage in (1, 2):  # the same weights as the full load's
+        ours, theirs = alone.parts.detokenizers[stage].state_dict(), full.parts.detokenizers[stage].state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    picture = PIL.Image.new("RGB", (32, 32), "red")
+    assert (
+        alone.reconstruct(picture, num_inference_steps=1).size == full.reconstruct(picture, num_inference_steps=1).size
+    )
+    with pytest.raises(CapabilityMissingError, match="loaded: \\[\\]"):
+        alone.comprehend(picture, "what?")
+    with pytest.raises(ConfigError, match="variants=\\(\\) with stages="):
+        SeedX.from_pretrained("tiny-random", variants=())

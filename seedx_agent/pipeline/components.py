@@ -124,10 +124,13 @@ class SeedXComponents:
             yield f"detokenizer:{stage}", detok
 
 
-def _check_variants(variants: Iterable[str]) -> tuple[str, ...]:
+def _check_variants(variants: Iterable[str], *, allow_none: bool = False) -> tuple[str, ...]:
     variants = tuple(variants)
-    if not variants:
-        raise ConfigError("at least one variant is needed, e.g. variants=('seed-x-i',)")
+    if not variants and not allow_none:
+        raise ConfigError(
+            "at least one variant is needed, e.g. variants=('seed-x-i',) (or variants=() with stages= for "
+            "de-tokenizers alone)"
+        )
     for variant in variants:
         if variant not in VARIANTS:
             raise ConfigError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
@@ -156,8 +159,11 @@ def build_components(
     """Instantiate every requested part with (seeded) random weights.
 
     ``device="meta"`` builds the structure without allocating weights (for loaders and size checks).
+    ``variants=()`` with ``stages`` builds no LLM (a de-tokenizer-only process, e.g. a serving replica).
     """
-    variants = _check_variants(variants or (config.variant,))
+    explicit_stages = stages is not None and bool(tuple(stages := tuple(stages)))
+    chosen = tuple(variants) if variants is not None else (config.variant,)
+    variants = _check_variants(chosen, allow_none=explicit_stages)
     stages = tuple(stages) if stages is not None else tuple(sorted({stage_for_variant(v) for v in variants}))
     if tokenizer.vocab_size != config.llm.vocab_size:
         raise ConfigError(

@@ -86,7 +86,7 @@ def load_parts(
         if config is not None:
             raise ConfigError("a preset or SeedXConfig already gives the geometry; drop config=")
         geometry = resolve_config(spec)  # type: ignore[arg-type]
-        chosen = tuple(variants) if variants else (geometry.variant,)
+        chosen = tuple(variants) if variants is not None else (geometry.variant,)
         parts = build_components(
             geometry, tokenizer=tokenizer or _tokenizer_for(geometry), variants=chosen, stages=stages, seed=seed
         )
@@ -112,7 +112,7 @@ def load_parts(
         else:  # the official release: no config of ours, so config= selects the geometry (default seed-x-i)
             layout = OfficialLayout.discover(root, vit_path=vit_path, sdxl_path=sdxl_path)
             geometry = resolve_config(config)
-            chosen = tuple(variants) if variants else (geometry.variant,)
+            chosen = tuple(variants) if variants is not None else (geometry.variant,)
             parts = load_official(
                 layout, geometry, variants=chosen, stages=stages, allow_pickle=allow_pickle, check_finite=check_finite
             )

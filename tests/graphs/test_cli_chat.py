@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from seedx_agent.graphs.cli_chat import register
-from seedx_agent.graphs.cli_story import EXIT_NOT_VERIFIED
-from seedx_agent.graphs.cli_story import register as register_workflows
 
+from seedx_agent.cli.chat import register
+from seedx_agent.cli.story import EXIT_NOT_VERIFIED
+from seedx_agent.cli.story import register as register_workflows
 from seedx_agent.errors import SeedXError
 
 
@@ -349,8 +349,7 @@ def test_memory_checks_arguments_before_opening(tmp_path: Path, capsys: pytest.C
 
 
 def test_check_output_folder_leaves_nothing_behind(tmp_path: Path) -> None:
-    from seedx_agent.graphs.cli_chat import check_file_folder, check_output_folder
-
+    from seedx_agent.cli.chat import check_file_folder, check_output_folder
     from seedx_agent.errors import ConfigError
 
     assert check_output_folder(tmp_path / "a" / "b" / "c", "--out") == tmp_path / "a" / "b" / "c"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from pptx import Presentation
-from seedx_agent.graphs.cli_story import register
+
+from seedx_agent.cli.story import register
 
 
 def parser() -> argparse.ArgumentParser:

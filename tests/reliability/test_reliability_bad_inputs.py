@@ -530,7 +530,7 @@ def test_tool_calls_with_bad_values(
 def test_memory_cli_failures_are_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``seedx-agent memory`` against a real memory: each failure is one ``error:`` line and exit 2, no traceback
     (``export --out /proc/nope`` was a FileNotFoundError traceback, a surrogate query a UnicodeEncodeError)."""
-    from seedx_agent.graphs.cli_chat import main
+    from seedx_agent.cli.chat import main
 
     def one_error_line() -> str:
         captured = capsys.readouterr()

@@ -258,8 +258,7 @@ def test_options_are_checked_before_ray_starts() -> None:
 
 
 def test_the_cli_flags(tmp_path: Path) -> None:
-    from seedx_agent.serving.cli_serve import ray_options_from_args, register, settings_from_args
-
+    from seedx_agent.cli.serve import ray_options_from_args, register, settings_from_args
     from seedx_agent.errors import ConfigError
 
     parser = argparse.ArgumentParser()

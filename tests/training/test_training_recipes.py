@@ -267,7 +267,7 @@ def test_cli_refuses_a_negative_rec_loss_scale(tmp_path: Path) -> None:
 
 
 def test_cli_stage_steps_parsing() -> None:
-    from seedx_agent.cli import _stage_steps
+    from seedx_agent.cli.main import _stage_steps
 
     assert _stage_steps(["lvlm-sft=1000", " vit = 3"]) == {"lvlm-sft": 1000, "vit": 3}
     for bad in (["lvlm-sft"], ["lvlm-sft=ten"], ["vit=-1"]):

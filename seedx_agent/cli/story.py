@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli_chat import (
+from seedx_agent.cli.chat import (
     MODEL_HELP,
     add_steps_flag,
     check_model,
@@ -122,7 +123,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
     """Engine, memory, planner and the output folder (created) for a workflow command (after ``_check``)."""
-    from .runtime import default_planner, load_engine, load_planner, open_memory
+    from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 
     out = Path(args.out).expanduser()
     engine = load_engine(args.model)
@@ -136,6 +137,36 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
     return engine, memory, planner, out
 
 
+def _stream(graph: Any, inputs: dict[str, Any], bar: Any, progress: Callable[[dict[str, Any], Any], None]) -> Any:
+    """Run ``graph`` on ``inputs``, showing its custom events on ``bar`` through ``progress``; the final state."""
+    final: dict[str, Any] = {}
+    for mode, chunk in graph.stream(inputs, stream_mode=["custom", "values"]):
+        if mode == "values":
+            final = chunk
+        else:
+            progress(chunk, bar)
+    return final
+
+
+def _story_progress(event: dict[str, Any], bar: Any) -> None:
+    if event.get("event") == "story_step":
+        bar.update(1)
+        bar.set_postfix_str(event["text"][:40])
+
+
+def _slides_progress(event: dict[str, Any], bar: Any) -> None:
+    if event.get("event") == "slide_refine":  # one more picture than planned
+        bar.total += 1
+    if event.get("event") in ("slide_picture", "slide_refine"):
+        bar.update(1)
+
+
+def _refine_progress(event: dict[str, Any], bar: Any) -> None:
+    if event.get("event", "").endswith("_end"):
+        bar.update(1)
+        bar.set_postfix_str(event["event"].removesuffix("_end"))
+
+
 def cmd_story(args: argparse.Namespace) -> int:
     """Run the story graph; print the storyboard, manifest and the story's id as JSON."""
     premise = _text_of(args, "premise")
@@ -143,7 +174,7 @@ def cmd_story(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .story import create_story_graph
+    from seedx_agent.graphs.story import create_story_graph
 
     engine, memory, planner, out = _open(args)
     try:
@@ -156,16 +187,8 @@ def cmd_story(args: argparse.Namespace) -> int:
             recall_k=args.recall,
             num_inference_steps=args.num_inference_steps,
         )
-        final: dict[str, Any] = {}
         with tqdm(total=args.beats, desc="story", unit="beat", disable=args.quiet) as bar:
-            for mode, chunk in graph.stream(
-                {"premise": premise, "base_seed": args.seed}, stream_mode=["custom", "values"]
-            ):
-                if mode == "values":
-                    final = chunk
-                elif chunk.get("event") == "story_step":
-                    bar.update(1)
-                    bar.set_postfix_str(chunk["text"][:40])
+            final = _stream(graph, {"premise": premise, "base_seed": args.seed}, bar, _story_progress)
     finally:
         memory.close()
     consistent = sum(1 for item in _beats(final) if item["consistent"] is not False)
@@ -196,7 +219,7 @@ def cmd_slides(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .slides import create_slides_graph
+    from seedx_agent.graphs.slides import create_slides_graph
 
     engine, memory, planner, out = _open(args)
     try:
@@ -209,16 +232,8 @@ def cmd_slides(args: argparse.Namespace) -> int:
             max_refine=args.max_refine,
             num_inference_steps=args.num_inference_steps,
         )
-        final: dict[str, Any] = {}
         with tqdm(total=args.slides, desc="slides", unit="picture", disable=args.quiet) as bar:
-            for mode, chunk in graph.stream({"topic": topic, "base_seed": args.seed}, stream_mode=["custom", "values"]):
-                if mode == "values":
-                    final = chunk
-                elif chunk.get("event") == "slide_picture":
-                    bar.update(1)
-                elif chunk.get("event") == "slide_refine":
-                    bar.total += 1
-                    bar.update(1)
+            final = _stream(graph, {"topic": topic, "base_seed": args.seed}, bar, _slides_progress)
     finally:
         memory.close()
     passed = sum(1 for slide in final["slides"] if slide["passed"])
@@ -233,7 +248,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .refine import create_refine_graph
+    from seedx_agent.graphs.refine import create_refine_graph
 
     engine, memory, planner, out = _open(args)
     try:
@@ -245,14 +260,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             num_inference_steps=args.num_inference_steps,
         )
-        final: dict[str, Any] = {}
         with tqdm(total=2 + 2 * args.rounds, desc="refine", unit="step", disable=args.quiet) as bar:
-            for mode, chunk in graph.stream({"request": request, "seed": args.seed}, stream_mode=["custom", "values"]):
-                if mode == "values":
-                    final = chunk
-                elif chunk.get("event", "").endswith("_end"):
-                    bar.update(1)
-                    bar.set_postfix_str(chunk["event"].removesuffix("_end"))
+            final = _stream(graph, {"request": request, "seed": args.seed}, bar, _refine_progress)
         versions = []
         for index, version in enumerate(final["versions"]):
             name = f"{index:02d}_{version['operation']}_{version['image_id']}.png"

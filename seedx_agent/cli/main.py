@@ -32,13 +32,9 @@ WORKFLOW_TASKS = ("refine", "story", "slides")
 
 
 def _load_model(spec: str, *, variants: tuple[str, ...], allow_pickle: bool = False):
-    from seedx_agent.config import PRESETS
+    """``mini`` (the bundled trained weights), a preset (random weights) or a folder: ``SeedX.from_pretrained``."""
     from seedx_agent.model import SeedX
 
-    if spec == "mini":  # the bundled trained weights (the preset of the same name is random)
-        return SeedX.from_pretrained("mini", variants=variants)
-    if spec in PRESETS:
-        return SeedX.from_pretrained(spec, variants=variants)
     return SeedX.from_pretrained(spec, variants=variants, allow_pickle=allow_pickle)
 
 
@@ -56,7 +52,7 @@ def _demo_scene():
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Describe, ground, generate and edit a world scene; write PNGs and a report."""
-    from seedx_agent.graphs.cli_chat import check_model, check_output_folder
+    from seedx_agent.cli.chat import check_model, check_output_folder
     from seedx_agent.miniature import world
     from seedx_agent.miniature.evaluate import score_edit, score_generation, score_grounding
 
@@ -134,9 +130,9 @@ def _presets() -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a recipe; ``mini`` runs every stage of the miniature and assembles the model."""
+    from seedx_agent.cli.chat import check_output_folder
     from seedx_agent.config import SeedXConfig
     from seedx_agent.errors import ConfigError
-    from seedx_agent.graphs.cli_chat import check_output_folder
     from seedx_agent.miniature.recipe import MINI_STAGES, MiniSchedule, assemble_mini, run_mini
     from seedx_agent.training.loop import distributed_context
 
@@ -195,7 +191,7 @@ def _stage_steps(items: list[str]) -> dict[str, int]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score a model on held-out world samples and print the table against the bars."""
-    from seedx_agent.graphs.cli_chat import check_file_folder, check_model
+    from seedx_agent.cli.chat import check_file_folder, check_model
 
     if args.what != "mini":
         raise SystemExit("only 'seedx-agent eval mini' exists: it scores a model on the miniature world")
@@ -228,8 +224,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Official release folder -> our safetensors layout with a config.json."""
+    from seedx_agent.cli.chat import check_output_folder
     from seedx_agent.errors import ConfigError
-    from seedx_agent.graphs.cli_chat import check_output_folder
 
     if not Path(args.source).is_dir():
         raise ConfigError(f"source {args.source!r} is not a folder: pass the official release folder (SEED-X-17B)")
@@ -255,7 +251,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print the components and parameter counts of a model."""
-    from seedx_agent.graphs.cli_chat import check_model
+    from seedx_agent.cli.chat import check_model
 
     check_model(args.model)
     model = _load_model(args.model, variants=tuple(args.variants), allow_pickle=args.allow_pickle)
@@ -265,7 +261,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from seedx_agent.graphs.cli_chat import MODEL_HELP, add_steps_flag, add_verbosity_flag, positive_int
+    from seedx_agent.cli.chat import MODEL_HELP, add_steps_flag, add_verbosity_flag, positive_int
 
     parser = argparse.ArgumentParser(prog="seedx-agent", description=DESCRIPTION)
     add_verbosity_flag(parser, top=True)
@@ -361,14 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     # The agent commands live with the graphs (the CLI is the top floor; nothing below imports it).
-    from seedx_agent.graphs.cli_chat import register as register_agent_commands
-    from seedx_agent.graphs.cli_story import register as register_story_commands
+    from seedx_agent.cli.chat import register as register_agent_commands
+    from seedx_agent.cli.story import register as register_story_commands
 
     register_agent_commands(sub)
     register_story_commands(sub)
-    from seedx_agent.serving.cli_serve import register as register_serve_command  # FastAPI only when it runs
+    from seedx_agent.cli.serve import register as register_serve_command  # FastAPI only when it runs
 
     register_serve_command(sub)
+    from seedx_agent.cli.ui import register as register_ui_command  # Gradio only when it runs
+
+    register_ui_command(sub)
 
     info = sub.add_parser("info", help="print components and parameter counts")
     info.add_argument("--model", default="mini", help=MODEL_HELP)
@@ -397,7 +396,7 @@ def _add_verbosity_everywhere(sub: argparse._SubParsersAction, add: Any) -> None
 def main(argv: list[str] | None = None) -> int:
     """Parse, set up logging (warnings only; ``-v`` info, ``-vv`` debug) and run the sub-command; a library or
     file-system error is one ``error: ...`` line on stderr and exit code 2."""
-    from seedx_agent.graphs.cli_chat import run_command, setup_logging
+    from seedx_agent.cli.chat import run_command, setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

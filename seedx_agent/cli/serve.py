@@ -20,9 +20,8 @@ API_KEY_ENV = "SEEDX_API_KEY"
 
 def register(subparsers: Any) -> None:
     """Add ``serve`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from seedx_agent.graphs.cli_chat import MODEL_HELP, add_steps_flag, positive_int
-
-    from .settings import ServeSettings
+    from seedx_agent.cli.chat import MODEL_HELP, add_steps_flag, positive_int
+    from seedx_agent.serving.settings import ServeSettings
 
     defaults = ServeSettings()
     serve = subparsers.add_parser(
@@ -133,7 +132,7 @@ def _gpus(text: str) -> float:
 
 def ray_options_from_args(args: argparse.Namespace) -> Any:
     """``ray_serve.RayOptions`` from the ``--ray`` flags (imports Ray)."""
-    from .ray_serve import RayOptions
+    from seedx_agent.serving.ray_serve import RayOptions
 
     def actor(gpus: float) -> dict[str, Any]:
         return {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
@@ -149,11 +148,9 @@ def ray_options_from_args(args: argparse.Namespace) -> Any:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """``ServeSettings`` from parsed arguments, after the cheap checks (no model is loaded here)."""
-    from seedx_agent.graphs.cli_chat import check_model, check_output_folder
-
+    from seedx_agent.cli.chat import check_model, check_output_folder
     from seedx_agent.errors import ConfigError
-
-    from .settings import ServeSettings
+    from seedx_agent.serving.settings import ServeSettings
 
     check_model(args.model)
     check_output_folder(args.memory, "--memory")
@@ -189,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if getattr(args, "ray", False):
         try:
-            from .ray_serve import run_ray
+            from seedx_agent.serving.ray_serve import run_ray
         except ImportError as error:
             from seedx_agent.errors import DependencyMissingError
 
@@ -201,7 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .openai_api import create_app
+        from seedx_agent.serving.openai_api import create_app
     except ImportError as error:
         from seedx_agent.errors import DependencyMissingError
 

@@ -293,7 +293,7 @@ def register(subparsers: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A parser with just these subcommands (``python -m seedx_agent.graphs.cli_chat``)."""
+    """A parser with just these subcommands (``python -m seedx_agent.cli.chat``)."""
     parser = argparse.ArgumentParser(prog="seedx-agent", description="Chat with the SEED-X agent; inspect its memory.")
     add_verbosity_flag(parser, top=True)
     register(parser.add_subparsers(dest="command", required=True))
@@ -537,12 +537,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langgraph.types import Command
+
+    from seedx_agent.errors import ConfigError, SeedXError
     from seedx_agent.graphs.chat_agent import create_chat_agent, seedx_agent_options, seedx_planner
     from seedx_agent.graphs.runtime import load_engine, open_memory
     from seedx_agent.graphs.scripted import ScriptedPlanner
     from seedx_agent.tools import make_seedx_tools
-
-    from seedx_agent.errors import ConfigError, SeedXError
 
     engine = load_engine(args.model)
     with open_memory(args.memory, engine) as memory:
@@ -719,10 +719,9 @@ def _no_image_embedder(images: list[Any]) -> Any:
 
 def cmd_memory(args: argparse.Namespace) -> int:
     """Inspect or prune an image memory folder without loading a model."""
+    from seedx_agent.errors import ConfigError
     from seedx_agent.memory import ImageMemory
     from seedx_agent.memory.records import validate_image_id
-
-    from seedx_agent.errors import ConfigError
 
     # Cheap arguments first, before the memory opens (and before anything is written).
     check_namespace(getattr(args, "namespace", None))
