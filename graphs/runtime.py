@@ -55,11 +55,31 @@ FALLBACK_MODEL = "tiny-random"
 DEFAULT_MEMORY_DIR = Path("~/.cache/seedx-agent/memory")
 
 
-def load_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
-    """An engine over ``SeedX.from_pretrained(spec)`` with generation and editing; ``"mini"`` falls back to
-    tiny-random."""
+def engine_device(device: str | None = None) -> str:
+    """The device engines load on: ``device``, else ``SEEDX_DEVICE`` (e.g. ``cuda``, ``cuda:1``), else ``cpu``;
+    a ``ConfigError`` names a bad or absent device before any weights are read."""
+    import torch
+
+    name = device or os.environ.get("SEEDX_DEVICE") or "cpu"
     try:
-        model = SeedX.from_pretrained(spec, variants=("seed-x-i", "seed-x-edit"))
+        chosen = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(
+            f"device {name!r} is not a torch device (SEEDX_DEVICE); use e.g. cpu, cuda or cuda:0"
+        ) from error
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asks for CUDA, which this machine or torch build lacks; use cpu")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
+def load_engine(spec: str | Path = DEFAULT_MODEL, *, device: str | None = None) -> SeedXEngine:
+    """An engine over ``SeedX.from_pretrained(spec)`` with generation and editing on ``engine_device(device)``
+    (default: ``SEEDX_DEVICE`` or cpu); ``"mini"`` falls back to tiny-random."""
+    device = engine_device(device)
+    try:
+        model = SeedX.from_pretrained(spec, variants=("seed-x-i", "seed-x-edit"), device=device)
     except CheckpointError as error:
         if str(spec) != DEFAULT_MODEL:
             if not Path(spec).exists():  # say which names are trained weights and which are random
@@ -75,7 +95,7 @@ def load_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
             error,
             FALLBACK_MODEL,
         )
-        model = SeedX.from_pretrained(FALLBACK_MODEL, variants=("seed-x-i", "seed-x-edit"))
+        model = SeedX.from_pretrained(FALLBACK_MODEL, variants=("seed-x-i", "seed-x-edit"), device=device)
     return SeedXEngine(model)
 
 

@@ -87,18 +87,21 @@ def main() -> None:
     (Path(args.out) / "result.json").write_text(line + "\n")
 
 
-def heldout_scores(lvlm: SeedXLVLM, vision: QwenViT, data: WorldData, n: int) -> dict[str, float]:
-    """Teacher-forced exact answers per scored task and the text-to-image regression MSE, on held-out seeds."""
+def heldout_scores(
+    lvlm: SeedXLVLM, vision: QwenViT, data: WorldData, n: int, *, style: str = "seed-x"
+) -> dict[str, float]:
+    """Teacher-forced exact answers per scored task and the text-to-image regression MSE, on held-out seeds, with
+    prompts in ``style``."""
     pad = data.tokenizer.pad_token_id
     scores: dict[str, float] = {}
     for task in SCORED_TASKS:
         samples = world.make_dataset("heldout", n, task, 0, image_size=data.vit_size)
-        examples = [data.example_of(s, style="seed-x") for s in samples]
+        examples = [data.example_of(s, style=style) for s in samples]  # type: ignore[arg-type]
         scores[f"{task}_exact"] = teacher_forced_exact(lvlm, vision, examples, pad_token_id=pad)
     samples = world.make_dataset("heldout", n, "text_to_image", 0, image_size=data.vit_size)
     with torch.no_grad():
         lvlm.eval()
-        batch = collate([data.example_of(s, style="seed-x") for s in samples], pad_token_id=pad)
+        batch = collate([data.example_of(s, style=style) for s in samples], pad_token_id=pad)  # type: ignore[arg-type]
         scores["t2i_regression_mse"] = float(lvlm_forward(lvlm, vision, batch).rec_loss)
     return scores
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_lvlm_pretrain import SCORED_TASKS, heldout_scores
 
 from seedx_agent.config import SeedXConfig
-from seedx_agent.miniature.world_data import WorldData
+from seedx_agent.miniature.world_data import LVLM_TASK_WEIGHTS, WorldData
 from seedx_agent.pipeline.components import build_components
 from seedx_agent.pipeline.tokenizer import SeedXTokenizer
 from seedx_agent.pipeline.vision import QwenViT
@@ -55,7 +55,20 @@ NOT_REACHED = "not reached within fit"
 MIN_FIT_POINTS = 4
 EXTRAPOLATION_LIMIT = 100  # predictions beyond 100x the CPU minutes measured are not trusted
 # Settings that define the arm: re-running the same folder with other values would mix two runs.
-_ARM_KEYS = ("preset", "vit", "width", "depth", "lr", "batch", "warmup", "grad_clip", "eval_n", "seed")
+_ARM_KEYS = (
+    "preset",
+    "vit",
+    "width",
+    "depth",
+    "lr",
+    "batch",
+    "warmup",
+    "grad_clip",
+    "eval_n",
+    "seed",
+    "mixture",
+    "style",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +99,21 @@ def arm_config(preset: str, width: int | None, depth: int | None) -> SeedXConfig
     if depth is not None:
         llm["num_layers"] = depth
     return SeedXConfig.model_validate(data)
+
+
+def parse_mixture(text: str | None) -> dict[str, float] | None:
+    """``caption=1,vqa=3,...`` -> task weights (None: the stages' default ``LVLM_TASK_WEIGHTS``)."""
+    if not text:
+        return None
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in LVLM_TASK_WEIGHTS or not value:
+            raise SystemExit(f"--mixture: {item!r} is not TASK=WEIGHT with TASK one of {sorted(LVLM_TASK_WEIGHTS)}")
+        weights[name.strip()] = float(value)
+    if sum(weights.values()) <= 0:
+        raise SystemExit("--mixture: the weights must add up to more than 0")
+    return weights
 
 
 def load_vision(vision: QwenViT, source: str) -> None:
@@ -122,7 +150,9 @@ def _check_arm(out: Path, settings: dict[str, object]) -> None:
     path = out / ARM_FILE
     if path.is_file():
         stored = json.loads(path.read_text())
-        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        # settings added later default to what those arms ran with
+        older = {"mixture": None, "style": "seed-x"}
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k, older.get(k)) != v}
         if changed:
             raise SystemExit(f"{out} holds an arm with other settings (stored, asked): {changed}; use a new --out")
     else:
@@ -145,6 +175,7 @@ def train_arm(args: argparse.Namespace) -> list[dict[str, str]]:
     parts = build_components(config, tokenizer=tokenizer, variants=("seed-x-i",), stages=(), seed=args.seed)
     load_vision(parts.vision, args.vit)
     lvlm, data = parts.lvlms["seed-x-i"], WorldData(config, tokenizer, seed=args.seed)
+    mixture = parse_mixture(args.mixture)
     llm = config.llm
     print(
         f"arm {args.arm}: LLM width {llm.hidden_size}, depth {llm.num_layers}, "
@@ -179,7 +210,7 @@ def train_arm(args: argparse.Namespace) -> list[dict[str, str]]:
         result = lvlm_pretrain(
             lvlm,
             vision=parts.vision,
-            examples=lambda step: data.lvlm_examples(step, args.batch, style="seed-x"),
+            examples=lambda step: data.lvlm_examples(step, args.batch, style=args.style, weights=mixture),
             out_dir=stage,
             loop=loop,
             pad_token_id=tokenizer.pad_token_id,
@@ -195,7 +226,7 @@ def train_arm(args: argparse.Namespace) -> list[dict[str, str]]:
         if not result.finished:
             print(f"stopped at step {result.step} (--max-minutes); re-run the same command to resume", flush=True)
             return read_rows(csv_path)
-        scores = heldout_scores(lvlm, parts.vision, data, args.eval_n)
+        scores = heldout_scores(lvlm, parts.vision, data, args.eval_n, style=args.style)
         row = {
             "arm": args.arm,
             "step": point,
@@ -411,6 +442,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=3200)
     parser.add_argument("--first-eval", type=int, default=100, help="first eval step; then doubling")
     parser.add_argument("--eval-n", type=int, default=100, help="held-out samples per scored task")
+    parser.add_argument(
+        "--mixture", default=None, help="task weights, e.g. caption=1,vqa=3,grounding=3,text_to_image=1,edit=1"
+    )
+    parser.add_argument(
+        "--style",
+        default="seed-x",
+        choices=("seed-x", "seed-x-i"),
+        help="prompt style trained and scored: seed-x (pre-training, then SFT) or seed-x-i (one instruction stage)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this wall time")

@@ -245,3 +245,24 @@ def test_edit_review_interrupts_then_resumes_from_checkpoint(
     skipped = next(e for e in events if e["event"] == "tool_skipped")
     assert skipped["reason"] == "keep the square"
     assert state.values["messages"][-1].content == "ok"
+
+
+def test_engine_device_is_checked_before_any_weights_are_read(monkeypatch):
+    """SEEDX_DEVICE (or device=) picks where engines load; a bad or absent device is a ConfigError up front."""
+    import torch
+
+    from seedx_agent.errors import ConfigError
+    from seedx_agent.graphs.runtime import engine_device, load_engine
+
+    monkeypatch.delenv("SEEDX_DEVICE", raising=False)
+    assert engine_device() == "cpu"
+    monkeypatch.setenv("SEEDX_DEVICE", "gpu0")
+    with pytest.raises(ConfigError, match="'gpu0' is not a torch device"):
+        load_engine("tiny-random")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("SEEDX_DEVICE", "cuda")
+        with pytest.raises(ConfigError, match="asks for CUDA"):
+            load_engine("tiny-random")
+    monkeypatch.setenv("SEEDX_DEVICE", "cpu")
+    engine = load_engine("tiny-random")
+    assert all(p.device.type == "cpu" for p in engine.model.parts.vision.parameters())

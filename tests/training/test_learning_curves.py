@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -135,3 +136,24 @@ def test_plot_merges_the_arms_and_tables_the_prediction(
     assert "(" in rising.split("|")[6]  # a predicted time, e.g. "56 (0.9 h)"
     assert curves.NOT_REACHED in stalling.split("|")[6]
     assert "reached at" in rising.split("|")[9]  # grounding already at 95 %
+
+
+def test_mixture_and_style_arms(curves: ModuleType, tmp_path: Path) -> None:
+    """--mixture weights the tasks, --style picks the prompt style trained and scored; both define the arm."""
+    assert curves.parse_mixture(None) is None
+    assert curves.parse_mixture("vqa=3,grounding=3,caption=1") == {"vqa": 3.0, "grounding": 3.0, "caption": 1.0}
+    for bad in ("vqa", "poetry=1", "vqa=0,grounding=0"):
+        with pytest.raises(SystemExit, match="--mixture"):
+            curves.parse_mixture(bad)
+    out = tmp_path / "one_stage"
+    curves.main(_tiny_arm(out, "--max-steps", "2", "--style", "seed-x-i", "--mixture", "vqa=1"))
+    assert [int(r["step"]) for r in _rows(out / curves.CSV_NAME)] == [2]
+    with pytest.raises(SystemExit, match="other settings"):
+        curves.main(_tiny_arm(out, "--max-steps", "2", "--style", "seed-x", "--mixture", "vqa=1"))
+    # an arm recorded before these settings existed resumes as the default style and mixture
+    old = tmp_path / "old"
+    curves.main(_tiny_arm(old, "--max-steps", "2"))
+    settings = json.loads((old / curves.ARM_FILE).read_text())
+    (old / curves.ARM_FILE).write_text(json.dumps({k: v for k, v in settings.items() if k not in ("style", "mixture")}))
+    curves.main(_tiny_arm(old, "--max-steps", "4"))
+    assert [int(r["step"]) for r in _rows(old / curves.CSV_NAME)] == [2, 4]
