@@ -250,9 +250,9 @@ def test_edit_review_interrupts_then_resumes_from_checkpoint(
 def test_engine_device_is_checked_before_any_weights_are_read(monkeypatch):
     """SEEDX_DEVICE (or device=) picks where engines load; a bad or absent device is a ConfigError up front."""
     import torch
+    from seedx_agent.graphs.runtime import engine_device, load_engine
 
     from seedx_agent.errors import ConfigError
-    from seedx_agent.graphs.runtime import engine_device, load_engine
 
     monkeypatch.delenv("SEEDX_DEVICE", raising=False)
     assert engine_device() == "cpu"
