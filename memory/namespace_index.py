@@ -2,9 +2,10 @@
 
 Why. A chroma query with ``where={"ns_1": ...}`` first evaluates the filter over the metadata store, which costs
 time linear in the number of matching records whatever ``k`` is: 59-65 ms at 100k images in one namespace against
-1.8-3.1 ms unfiltered (issue 23). ``ImageMemory`` instead over-fetches an unfiltered query (ids and distances only)
-and keeps the hits whose namespace this index names, scans tiny namespaces exactly, and falls back to chroma's
-filter when neither applies (see ``ImageMemory._search``).
+1.8-3.1 ms unfiltered (issue 23). ``ImageMemory`` instead scores a namespace of up to 20k records exactly against
+its cached unit vectors (``vector_cache``, filled from the ids this index lists), over-fetches an unfiltered query
+(ids and distances only) for a larger namespace that is a large share of the store and keeps the hits whose
+namespace this index names, and falls back to chroma's filter when neither applies (see ``ImageMemory._search``).
 
 The index is rebuilt by ``ImageMemory.repair`` on every open (from the full metadata scan repair does anyway) and
 kept in step by every write under the memory's write lock. The root lock makes this process the only writer, so

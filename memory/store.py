@@ -18,8 +18,9 @@ the same root, from this or another process, is refused with ``MemoryLockedError
 
 Search. Scores are cosine similarities; text-search hits below the relevance floor ``min_text_score``
 (``DEFAULT_MIN_TEXT_SCORE``) are dropped, and image-search hits below ``min_image_score`` (off by default).
-A namespace filter is answered through an in-process namespace index (``namespace_index``) instead of chroma's
-metadata filter, whose cost grows with the number of matching records.
+A namespace filter is answered through an in-process namespace index (``namespace_index``) and a cache of the
+namespace's unit vectors (``vector_cache``: one exact scan) instead of chroma's metadata filter, whose cost grows with
+the number of matching records.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from tqdm.auto import tqdm
 from seedx_agent.pipeline.images import DEFAULT_MAX_PIXELS, check_image_size
 
 from .backend import (
+    PAGE_SIZE,
     ChromaServer,
     delete_ids,
     iter_ids,
@@ -76,12 +78,20 @@ from .records import (
     validate_text,
     validate_where,
 )
+from .vector_cache import DEFAULT_VECTOR_CACHE_BYTES, CachedVectors, VectorCache
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_IMAGE_SCORE", "DEFAULT_MIN_TEXT_SCORE", "ImageInput", "ImageMemory"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_IMAGE_SCORE",
+    "DEFAULT_MIN_TEXT_SCORE",
+    "DEFAULT_VECTOR_CACHE_BYTES",
+    "ImageInput",
+    "ImageMemory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +106,14 @@ DEFAULT_MIN_IMAGE_SCORE = -1.0
 """Relevance floor of ``search_image``: off by default, since "the most similar stored pictures" is always a
 meaningful answer to a picture; set one with ``ImageMemory.open(min_image_score=...)`` or per call."""
 MAX_RESULTS = 1000
-# Namespace-filtered search (``ImageMemory._search``): a namespace of at most EXACT_SCAN_MAX entries is scanned
-# exactly (reading a stored vector from chroma costs about 0.06 ms, so beyond ~64 chroma's filter is as fast); a
-# larger one is over-fetched unfiltered, n = (k / its share) * OVERFETCH_FACTOR + OVERFETCH_SLACK, as long as
-# n <= OVERFETCH_MAX (a share of about 5 % for k=5); otherwise chroma's metadata filter answers.
+# Namespace-filtered search (``ImageMemory._search``): a namespace of at most VECTOR_CACHE_MAX_ROWS entries that
+# fits the vector cache's budget is scored exactly against its cached unit vectors (one einsum: ~0.1 ms per 1000
+# 512-d rows, so ~2 ms at the cap; filling it reads the vectors from chroma once, ~0.06 ms each). Without the cache
+# (budget 0, or over the cap) a namespace of at most EXACT_SCAN_MAX entries is scanned exactly from chroma's stored
+# vectors (beyond ~64 chroma's filter is as fast); a larger one is over-fetched unfiltered,
+# n = (k / its share) * OVERFETCH_FACTOR + OVERFETCH_SLACK, as long as n <= OVERFETCH_MAX (a share of about 5 % for
+# k=5); otherwise chroma's metadata filter answers.
+VECTOR_CACHE_MAX_ROWS = 20_000
 EXACT_SCAN_MAX = 64
 OVERFETCH_FACTOR = 2.0
 OVERFETCH_SLACK = 16
@@ -131,6 +145,7 @@ class ImageMemory:
         max_pixels: int,
         min_text_score: float = DEFAULT_MIN_TEXT_SCORE,
         min_image_score: float = DEFAULT_MIN_IMAGE_SCORE,
+        vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES,
     ) -> None:
         """Internal: use ``ImageMemory.open``, which takes the lock and repairs the root first."""
         self.root = root
@@ -141,6 +156,9 @@ class ImageMemory:
         """Namespace-filtered searches use the namespace index (fast); False always asks chroma's metadata filter,
         the reference path (the benchmark and the tests compare the two)."""
         self._index = NamespaceIndex()
+        self.vector_cache = VectorCache(vector_cache_bytes)
+        """Unit vectors of the namespaces searched lately (module ``vector_cache``); ``vector_cache.max_bytes``
+        bounds it (settable; 0 turns it off)."""
         self.image_embedder = image_embedder
         self.text_embedder = text_embedder
         self.last_repair: RepairReport | None = None
@@ -170,6 +188,7 @@ class ImageMemory:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_text_score: float = DEFAULT_MIN_TEXT_SCORE,
         min_image_score: float = DEFAULT_MIN_IMAGE_SCORE,
+        vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES,
     ) -> ImageMemory:
         """Open (creating if needed) the memory at ``root``, lock it, and repair any crash damage.
 
@@ -177,7 +196,9 @@ class ImageMemory:
         features); ``text_embedder`` defaults to the offline, lexical ``HashingTextEmbeddings``;
         ``client`` is ``"persistent"`` (chroma embedded under ``root/chroma``) or ``ChromaServer`` settings;
         ``min_text_score`` / ``min_image_score`` are the relevance floors of ``search_text`` / ``search_image``
-        (cosine similarities in [-1, 1]; ``DEFAULT_MIN_TEXT_SCORE``, ``DEFAULT_MIN_IMAGE_SCORE``).
+        (cosine similarities in [-1, 1]; ``DEFAULT_MIN_TEXT_SCORE``, ``DEFAULT_MIN_IMAGE_SCORE``);
+        ``vector_cache_bytes`` bounds the in-process cache of namespace vectors that answers namespace-filtered
+        searches (``DEFAULT_VECTOR_CACHE_BYTES``, 256 MiB; 0 turns it off).
         """
         if not callable(image_embedder):
             raise InvalidMemoryRequestError(
@@ -193,6 +214,7 @@ class ImageMemory:
             raise InvalidMemoryRequestError(f"max_pixels must be a positive int, got {max_pixels!r}")
         min_text_score = _check_min_score(min_text_score, "min_text_score")
         min_image_score = _check_min_score(min_image_score, "min_image_score")
+        VectorCache(vector_cache_bytes)  # checks it before anything is locked
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise InvalidMemoryRequestError(f"memory root {root} exists and is not a directory; pick a folder path")
@@ -212,6 +234,7 @@ class ImageMemory:
                 max_pixels=max_pixels,
                 min_text_score=min_text_score,
                 min_image_score=min_image_score,
+                vector_cache_bytes=vector_cache_bytes,
             )
             memory.last_repair = memory.repair()
         except BaseException:
@@ -238,6 +261,7 @@ class ImageMemory:
                     logger.exception("error while closing an attachment of the image memory at %s", self.root)
             self._close_callbacks.clear()
             client, self._client = self._client, None
+            self.vector_cache.clear()
             self._finalizer.detach()
             try:
                 client.close()
@@ -507,6 +531,9 @@ class ImageMemory:
             transaction.ids.extend(ids)
             self._visual.add(ids=ids, embeddings=visual_vectors, metadatas=[record.to_metadata() for record in records])
             self._index.add(self._index.VISUAL, records)
+            self.vector_cache.append(
+                self._index.VISUAL, [(record.id, record.namespace) for record in records], unit_rows(visual_vectors)
+            )
             if text_vectors is not None:
                 self._text.add(
                     ids=[record.id for record in text_records],
@@ -514,12 +541,17 @@ class ImageMemory:
                     metadatas=[record.to_metadata() for record in text_records],
                 )
                 self._index.add(self._index.TEXT, text_records)
+                self.vector_cache.append(
+                    self._index.TEXT,
+                    [(record.id, record.namespace) for record in text_records],
+                    unit_rows(text_vectors),
+                )
 
     def _roll_back_add(self, transaction: _AddTransaction) -> None:
         """Undo a failed ``add_many`` in-process (every batch it wrote); if that fails too, the journal keeps the
         transaction's intents and the next open finishes the job."""
         with self._write_lock:
-            self._index.discard(transaction.ids)
+            self._forget(transaction.ids)
             if self._client is None:  # closed meanwhile (the root may be someone else's now): the journal has it
                 return
             try:
@@ -705,9 +737,11 @@ class ImageMemory:
         """The ``k`` best hits scoring >= ``floor`` (``exclude`` left out), best first.
 
         A namespace filter without ``where`` goes through the namespace index (module ``namespace_index``): an
-        empty namespace answers at once, a tiny one is scanned exactly, a large share of the collection is
-        over-fetched unfiltered and filtered here; otherwise (and whenever the over-fetch did not settle the
-        answer) chroma's own metadata filter runs, as every query with ``where`` does.
+        empty namespace answers at once, one of up to ``VECTOR_CACHE_MAX_ROWS`` records that fits the vector cache
+        is scored exactly against its cached vectors (module ``vector_cache``), a tiny one is otherwise scanned
+        exactly, a large share of the collection is over-fetched unfiltered and filtered here; otherwise (and
+        whenever the over-fetch did not settle the answer) chroma's own metadata filter runs, as every query with
+        ``where`` does.
         """
         collection = self._visual if which == NamespaceIndex.VISUAL else self._text
         if namespace is not None and where is None and self.namespace_fast_path:
@@ -732,14 +766,16 @@ class ImageMemory:
         members = self._index.count(which, namespace)
         if members == 0:
             return []
+        dim = self._manifest.get("image_dim" if which == NamespaceIndex.VISUAL else "text_dim")
+        if members <= VECTOR_CACHE_MAX_ROWS and dim and self.vector_cache.fits(members, dim):
+            cached = self.vector_cache.get(which, namespace) or self._fill_vector_cache(collection, which, namespace)
+            return self._hits(collection, _best(cached, query_vector, k, floor, exclude))
         if members <= EXACT_SCAN_MAX:  # a tiny namespace: exact cosine over its stored vectors
             found = collection.get(ids=self._index.members(which, namespace), include=["embeddings"])
             if not found["ids"]:
                 return []
-            scores = unit_rows(found["embeddings"]) @ unit_rows(query_vector)[0]  # (members,)
-            order = np.argsort(-scores, kind="stable")
-            ranked = [(found["ids"][i], float(scores[i])) for i in order]
-            return self._hits(collection, [(i, score) for i, score in ranked if i != exclude and score >= floor][:k])
+            vectors = CachedVectors(ids=found["ids"], vectors=unit_rows(found["embeddings"]))
+            return self._hits(collection, _best(vectors, query_vector, k, floor, exclude))
         total = self._index.size(which)
         wanted = k + (exclude is not None)
         fetch = min(total, math.ceil(wanted * total / members * OVERFETCH_FACTOR) + OVERFETCH_SLACK)
@@ -762,6 +798,25 @@ class ImageMemory:
                 settled = True
                 break
         return self._hits(collection, chosen) if settled else None
+
+    def _fill_vector_cache(self, collection: Collection, which: Which, namespace: str) -> CachedVectors:
+        """Read the vectors of ``namespace`` and below from chroma and cache them; returns them even when they
+        did not fit the cache. Under the write lock, so no write falls between reading the members and caching."""
+        with self._write_lock:
+            self._check_open()
+            cached = self.vector_cache.get(which, namespace)  # another thread may have filled it meanwhile
+            if cached is not None:
+                return cached
+            members = self._index.members(which, namespace)
+            ids: list[str] = []
+            parts: list[np.ndarray] = []
+            for start in range(0, len(members), PAGE_SIZE):
+                found = collection.get(ids=members[start : start + PAGE_SIZE], include=["embeddings"])
+                if found["ids"]:
+                    ids.extend(found["ids"])
+                    parts.append(unit_rows(found["embeddings"]))
+            vectors = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+            return self.vector_cache.put(which, namespace, ids, vectors) or CachedVectors(ids=ids, vectors=vectors)
 
     @staticmethod
     def _hits(collection: Collection, chosen: list[tuple[str, float]]) -> list[ImageHit]:
@@ -802,12 +857,17 @@ class ImageMemory:
             record = self.get(image_id, namespace=namespace)
             txn = secrets.token_hex(4)
             self._journal.begin({"op": "delete", "ids": [image_id], "txn": txn, "time": time.time()})
-            self._index.discard([image_id])
+            self._forget([image_id])
             delete_ids(self._text, [image_id])
             delete_ids(self._visual, [image_id])
             if not self._hash_referenced(record.content_hash):
                 self._files.remove(record.content_hash)
             self._journal.commit(txn)
+
+    def _forget(self, ids: list[str]) -> None:
+        """Drop ``ids`` from the namespace index and the vector cache (under the write lock, before chroma)."""
+        self.vector_cache.discard([(image_id, self._index.namespace_of(image_id)) for image_id in ids])
+        self._index.discard(ids)
 
     # ------------------------------------------------------------------ repair
 
@@ -815,6 +875,7 @@ class ImageMemory:
         """Restore "every record has its file, every file has a record" after a crash; runs on every open."""
         self._check_open()
         with self._write_lock:
+            self.vector_cache.clear()  # refilled from chroma by the next queries, under this same lock
             counts: dict[str, int] = {}
             entries, counts["torn_journal_lines"] = self._journal.pending()
             pending_adds = sorted({i for entry in entries if entry.get("op") == "add" for i in entry.get("ids", [])})
@@ -886,6 +947,20 @@ class _AddTransaction:
     txn: str
     ids: list[str] = field(default_factory=list)
     written_hashes: list[str] = field(default_factory=list)
+
+
+def _best(
+    candidates: CachedVectors, query_vector: np.ndarray, k: int, floor: float, exclude: str | None
+) -> list[tuple[str, float]]:
+    """The ``k`` best (id, exact cosine score) of ``candidates`` scoring >= ``floor``, ``exclude`` left out."""
+    if not candidates.ids:
+        return []
+    scores = candidates.scores(unit_rows(query_vector)[0])  # (rows,)
+    wanted = min(k + (exclude is not None), len(scores))
+    top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < len(scores) else np.arange(len(scores))
+    top = top[np.argsort(-scores[top], kind="stable")]
+    chosen = [(candidates.ids[row], float(scores[row])) for row in top]
+    return [(image_id, score) for image_id, score in chosen if image_id != exclude and score >= floor][:k]
 
 
 def _check_text_field(value: object, name: str) -> None:

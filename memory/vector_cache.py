@@ -140,7 +140,7 @@ class VectorCache:
 
     def fits(self, rows: int, dim: int) -> bool:
         """Whether a namespace of ``rows`` vectors of ``dim`` floats fits the budget at all."""
-        return rows * (4 * dim + ID_BYTES) <= self._max_bytes
+        return _spare(rows) * 4 * dim + rows * (4 * dim + ID_BYTES) <= self._max_bytes
 
     def get(self, which: Which, namespace: str) -> CachedVectors | None:
         """The snapshot of a cached namespace (marking it most recently used), or None."""
@@ -158,7 +158,7 @@ class VectorCache:
         Returns the snapshot, or None when the namespace alone is over the budget (then nothing is cached).
         """
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-        entry = _Entry(list(ids), vectors, spare=min(len(ids) // 16 + 16, 4096))
+        entry = _Entry(list(ids), vectors, spare=_spare(len(ids)))
         with self._lock:
             old = self._entries.pop((which, namespace), None)
             if old is not None:
@@ -218,6 +218,11 @@ class VectorCache:
         while self._nbytes > self._max_bytes and self._entries:
             _, entry = self._entries.popitem(last=False)
             self._nbytes -= entry.nbytes
+
+
+def _spare(rows: int) -> int:
+    """Spare rows allocated with a namespace of ``rows`` records, for the adds that follow without a copy."""
+    return min(rows // 16 + 16, 4096)
 
 
 def _check_max_bytes(value: object) -> int:

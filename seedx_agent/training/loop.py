@@ -15,6 +15,7 @@ clipping, and only process 0 writes logs and checkpoints. One process is exactly
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -102,6 +103,11 @@ class DistributedContext:
         return self.rank == 0
 
 
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def distributed_context() -> DistributedContext:
     """Rank 0 of 1 on CPU outside a launcher; under ``torchrun``/``accelerate launch`` (``WORLD_SIZE`` > 1)
     the process group is initialised through accelerate if it is not already (NCCL with one GPU per
@@ -110,6 +116,9 @@ def distributed_context() -> DistributedContext:
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
+        # Tear the group down before the interpreter does: left to exit, gloo's threads can abort the
+        # process ("terminate called without an active exception") after the work is done.
+        atexit.register(_destroy_process_group)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         on_gpu = torch.cuda.is_available()
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if on_gpu else torch.device("cpu")

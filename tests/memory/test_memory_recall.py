@@ -1,8 +1,8 @@
 """Namespace-filtered recall without chroma's metadata filter, and the relevance floor (issue 23, item 6).
 
-Every path of ``ImageMemory._search`` (empty namespace, exact scan of a tiny namespace, unfiltered over-fetch,
-fallback to chroma's filter) must give the hits chroma's own filter gives; the floor drops hits that share nothing
-with the query, such as ``../../etc/passwd`` against stored captions.
+Every path of ``ImageMemory._search`` (empty namespace, the vector cache, exact scan of a tiny namespace,
+unfiltered over-fetch, fallback to chroma's filter) must give the hits chroma's own filter gives; the floor drops
+hits that share nothing with the query, such as ``../../etc/passwd`` against stored captions.
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ def reference(memory: ImageMemory, search: str, *args: object, **kwargs: object)
 
 
 PATHS = {  # module constants that force each path of ImageMemory._search_namespace
-    "exact scan": {"EXACT_SCAN_MAX": 10_000},
-    "over-fetch": {"EXACT_SCAN_MAX": 0, "OVERFETCH_MAX": 10_000},
-    "chroma fallback": {"EXACT_SCAN_MAX": 0, "OVERFETCH_MAX": 0},
+    "vector cache": {},
+    "exact scan": {"VECTOR_CACHE_MAX_ROWS": 0, "EXACT_SCAN_MAX": 10_000},
+    "over-fetch": {"VECTOR_CACHE_MAX_ROWS": 0, "EXACT_SCAN_MAX": 0, "OVERFETCH_MAX": 10_000},
+    "chroma fallback": {"VECTOR_CACHE_MAX_ROWS": 0, "EXACT_SCAN_MAX": 0, "OVERFETCH_MAX": 0},
 }
 
 
