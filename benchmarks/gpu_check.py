@@ -202,7 +202,7 @@ def stack_parameter_bytes(config: SeedXConfig, tokenizer: SeedXTokenizer, varian
 def choose_build_device(requested: str, device_map: dict[str, str], fp32_bytes: Callable[[], int]) -> str:
     """Where random weights are initialised before ``checkpoints.place`` moves and casts them. ``auto``: on the
     target GPU when every component goes to that one GPU and the fp32 stack fits in its free memory (seconds
-    instead of minutes of CPU initialisation), else on the CPU (as ``SeedX.from_preset`` does)."""
+    instead of minutes of CPU initialisation), else on the CPU (as ``SeedX.from_pretrained`` does for a preset)."""
     if requested != "auto":
         return requested
     targets = set(device_map.values())
@@ -264,7 +264,7 @@ def load_stack(
     info["weights"] = "random (seed 0)"
     info["build_device"] = build_device
     model = None
-    if build_device != "cpu":  # the body of SeedX.from_preset with the weights initialised on the GPU
+    if build_device != "cpu":  # the body of SeedX.from_pretrained for a preset, with the weights initialised on the GPU
         try:
             parts = build_components(config, tokenizer=tokenizer, variants=(variant,), seed=0, device=build_device)
             checkpoints.place(parts, device_map=device_map, dtype=dtype)

@@ -154,7 +154,7 @@ def test_quant_skip_reasons_and_argument_checks():
 
 def test_direct_build_branch_matches_from_preset():
     """The branch that initialises random weights on the target device (used on GPUs) builds what
-    SeedX.from_preset builds; ``cpu:0`` sends the tiny preset through it on this machine."""
+    SeedX.from_pretrained builds for a preset; ``cpu:0`` sends the tiny preset through it on this machine."""
     args = gpu_check.parse_args(["--preset", "tiny-random", "--device", "cpu", "--out", "x"])
     config = SeedXConfig.from_preset("tiny-random")
     tokenizer = gpu_check.stand_in_tokenizer(config.llm.vocab_size)

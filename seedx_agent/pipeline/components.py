@@ -1,6 +1,6 @@
 """The loaded parts of a SEED-X system, built from a config (random weights) or filled by a loader.
 
-A ``SeedXComponents`` is what ``checkpoints.py`` reads and writes and what ``model.SeedX`` composes:
+A ``SeedXComponents`` is what ``seedx_agent.weights`` reads and writes and what ``model.SeedX`` composes:
 one tokenizer and ViT shared by every LLM variant, one LVLM per variant, and the de-tokenizer stages.
 """
 
