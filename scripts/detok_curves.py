@@ -560,6 +560,7 @@ def plot_curves(rows: Sequence[dict[str, str]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     figure, axes = plt.subplots(2, len(SCORED), figsize=(5 * len(SCORED), 8), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -580,6 +581,7 @@ def plot_curves(rows: Sequence[dict[str, str]], path: Path) -> None:
             axis = axes[row][column]
             axis.axhline(BARS[key], color="grey", linestyle=":", linewidth=1)
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: 2x10^3 3x10^3 ... overlap
             axis.set_ylim(-0.02, 1.02)
             axis.set_xlabel(xlabel)
             axis.set_ylabel(f"{task} all_ok (held-out)")

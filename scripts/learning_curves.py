@@ -374,6 +374,7 @@ def plot_curves(rows: Sequence[dict[str, str]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     tasks = SCORED_TASKS
     figure, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 8), squeeze=False)
@@ -396,6 +397,7 @@ def plot_curves(rows: Sequence[dict[str, str]], path: Path) -> None:
             axis = axes[row][column]
             axis.axhline(BAR, color="grey", linestyle=":", linewidth=1)
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: 2x10^3 3x10^3 ... overlap
             axis.set_ylim(-0.02, 1.02)
             axis.set_xlabel(xlabel)
             axis.set_ylabel(f"{task} held-out exact")
