@@ -311,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # The new picture a successful tool result brings, by tool (ground's ``image_id`` is its input, not new).
 _PICTURE_KEYS = {"generate_image": "image_id", "edit_image": "image_id", "ground": "annotated_image_id"}
-_ATTACHED_RE = re.compile(r"\(attached images: ([^)]*)\)\s*$")
 _HANDLE_IN_TEXT_RE = re.compile(r"(?<![\w#&])#(\d+)(?!\w)")  # '#2' in 'make #2 blue', not 'abc#2' or '#2nd'
 _WHOLE_HANDLE_RE = re.compile(r"\s*#(\d+)\s*")
 
@@ -405,7 +404,7 @@ def _progress_printer(quiet: bool, memory: Any) -> Callable[[dict[str, Any]], No
 
 def _pictures_of(message: Any) -> list[str]:
     """The images ``message`` brings into the conversation: a tool result's new picture, pictures the planner
-    drew itself (``response_metadata["image_ids"]``), or ids attached with ``/add`` to a human message."""
+    drew itself (``response_metadata["image_ids"]``), or the ids a human message names or has attached (``/add``)."""
     if message.type == "tool":
         artifact = message.artifact if isinstance(message.artifact, dict) else {}
         image_id = artifact.get(_PICTURE_KEYS.get(message.name or "", ""))
@@ -413,9 +412,8 @@ def _pictures_of(message: Any) -> list[str]:
     if message.type == "ai":
         image_ids = (message.response_metadata or {}).get("image_ids") or []
         return [image_id for image_id in image_ids if isinstance(image_id, str)]
-    if message.type == "human" and isinstance(message.content, str):
-        attached = _ATTACHED_RE.search(message.content)
-        return IMAGE_ID_RE.findall(attached.group(1)) if attached else []
+    if message.type == "human" and isinstance(message.content, str):  # ids named in it or attached to it
+        return list(dict.fromkeys(IMAGE_ID_RE.findall(message.content)))
     return []
 
 
@@ -633,9 +631,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     print(
                         f"note: {', '.join(unknown)} names no picture of this chat (handles: {known})", file=sys.stderr
                     )
-                if attached:
-                    text += "\n(attached images: " + ", ".join(attached) + ")"
-                    attached.clear()
+                unnamed = [image_id for image_id in attached if image_id not in text]
+                if unnamed:  # a picture the message already names ('#1') needs no note: it misleads small models
+                    text += "\n(attached images: " + ", ".join(unnamed) + ")"
+                attached.clear()
                 return run({"messages": [HumanMessage(text)]})
 
             try:

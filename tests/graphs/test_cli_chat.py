@@ -14,6 +14,7 @@ from seedx_agent.cli.chat import register
 from seedx_agent.cli.story import EXIT_NOT_VERIFIED
 from seedx_agent.cli.story import register as register_workflows
 from seedx_agent.errors import SeedXError
+from seedx_agent.protocol.tool_calls import IMAGE_ID_RE
 
 
 def main(argv: list[str]) -> int:
@@ -371,3 +372,25 @@ def test_steps_is_the_alias_of_num_inference_steps_in_chat() -> None:
     assert parser.parse_args(["chat"]).num_inference_steps is None
     with pytest.raises(SystemExit):
         parser.parse_args(["chat", "--steps", "0"])
+
+
+def test_a_message_naming_its_added_picture_gets_no_attachment_note(tmp_path: Path) -> None:
+    """'/add' then 'what is in #1?': the message names the picture, so no '(attached images: ...)' note is added
+    (it led the miniature to pass the note as an edit instruction); the handle still names the picture."""
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(tmp_path / "red.png")
+    plan = [
+        {"tool_calls": [{"name": "ground", "args": {"image_id": "#1", "phrase": "the red square"}}]},
+        {"content": "Found it."},
+    ]
+    script = [f"/add {tmp_path / 'red.png'}", "where is the red square in #1?"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "script.json").write_text(json.dumps(script))
+    argv = ["chat", "--model", "tiny-random", "--memory", str(tmp_path / "memory"), "--out", str(tmp_path / "out")]
+    argv += ["--planner-script", str(tmp_path / "plan.json"), "--script", str(tmp_path / "script.json")]
+    argv += ["--steps", "1", "--quiet"]
+    assert main(argv) == 0
+    transcript = json.loads((tmp_path / "out" / "transcript.json").read_text())
+    human = transcript[0]["content"]
+    assert "attached images" not in human and len(IMAGE_ID_RE.findall(human)) == 1
+    input_id = IMAGE_ID_RE.findall(human)[0]
+    assert transcript[1]["tool_calls"][0]["args"]["image_id"] == input_id
