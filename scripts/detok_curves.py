@@ -43,7 +43,7 @@ pixel space, 0.11-0.24 s in latent space (wall).
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
 import sys
 import time
@@ -60,19 +60,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curves import (
     ARM_FILE,
     CSV_NAME,
-    EXTRAPOLATION_LIMIT,
-    NOT_REACHED,
     _by_arm,
     _check_arm,
     _column,
     _read_progress,
     _write_progress,
     eval_points,
-    fit_saturating,
     load_vision,
     merge_arms,
+    plot_curves,
     read_rows,
+    time_to_bar,
+    write_csv,
 )
+from learning_curves import NOT_REACHED as NOT_REACHED  # the table's wording, re-exported
+from learning_curves import append_row as append_row_of
 
 from seedx_agent.config import MINI_PIXEL_SCHEDULE, SeedXConfig
 from seedx_agent.miniature import world
@@ -118,6 +120,8 @@ COLUMNS = (
 # (CSV column, evaluator task): the evaluator's all_ok bars (reconstruction 90 %, text-to-image 80 %).
 SCORED = (("recon", "reconstruction"), ("t2i", "text_to_image"))
 BARS = {column: DONE_BARS[(task, "all_ok")] for column, task in SCORED}
+# one curve.csv row of these COLUMNS (the LLM curves' writer, with this script's columns)
+append_row = functools.partial(append_row_of, columns=COLUMNS)
 # The small VAE of the field notes (0.95 M parameters, 1.15 s per batch-32 step on 2 threads): factor 4.
 TINY_VAE: dict[str, Any] = {
     "act_fn": "silu",
@@ -376,16 +380,6 @@ def ceiling(detok: Detokenizer, heldout: Heldout, out: Path) -> dict[str, float]
 # ---------------------------------------------------------------------------------------------
 
 
-def append_row(path: Path, row: dict[str, object]) -> None:
-    """Append one row to a curve CSV (these ``COLUMNS``), writing the header first if the file is new."""
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def _arm_settings(args: argparse.Namespace) -> dict[str, object]:
     settings = {key: getattr(args, key) for key in _ARM_KEYS}
     for key in _VAE_KEYS:  # the VAE stage defines the latent arm only
@@ -511,22 +505,6 @@ def train_arm(args: argparse.Namespace) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _time_to_bar(minutes: list[float], scores: list[float], bar: float) -> tuple[str, str]:
-    """(fitted asymptote, CPU minutes to ``bar``: measured, predicted by the fit, or not reached)."""
-    fit = fit_saturating(minutes, scores)
-    asymptote = f"{min(fit.a, 1.0):.0%}" if fit else "-"
-    hit = next((t for t, score in zip(minutes, scores) if score >= bar), None)
-    if hit is not None:
-        return asymptote, f"reached at {hit:.1f}"
-    predicted = fit.minutes_to(bar) if fit else None
-    limit = EXTRAPOLATION_LIMIT * minutes[-1]
-    if predicted is None:
-        return asymptote, NOT_REACHED
-    if predicted > limit:
-        return asymptote, f"{NOT_REACHED} (> {limit:,.0f})"
-    return asymptote, f"{predicted:,.0f} ({predicted / 60:,.1f} h)"
-
-
 def prediction_table(rows: Sequence[dict[str, str]]) -> str:
     """Markdown table: per arm, the last point, seconds per sampled image, and per score the fitted asymptote and
     the predicted CPU minutes to the evaluator's bar."""
@@ -540,68 +518,25 @@ def prediction_table(rows: Sequence[dict[str, str]]) -> str:
         cells = [arm, last.get("space", ""), last["step"], f"{minutes[-1]:.1f}", last.get("sample_s", "")]
         for column, _ in SCORED:
             scores = _column(points, column)
-            cells += [f"{scores[-1]:.0%}", *_time_to_bar(minutes, scores, BARS[column])]
+            cells += [f"{scores[-1]:.0%}", *time_to_bar(minutes, scores, BARS[column])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_csv(rows: Sequence[dict[str, str]], path: Path) -> None:
-    """Write the merged rows of all arms to one CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot_curves(rows: Sequence[dict[str, str]], path: Path) -> None:
-    """Both scores against examples seen (top) and CPU minutes with the fitted curves (bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    figure, axes = plt.subplots(2, len(SCORED), figsize=(5 * len(SCORED), 8), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, (arm, points) in enumerate(_by_arm(rows).items()):
-        colour = colours[index % len(colours)]
-        examples, minutes = _column(points, "examples_seen"), _column(points, "cpu_minutes")
-        for column, (key, _) in enumerate(SCORED):
-            scores = _column(points, key)
-            axes[0][column].plot(examples, scores, "o-", color=colour, label=arm)
-            axes[1][column].plot(minutes, scores, "o-", color=colour, label=arm)
-            fit = fit_saturating(minutes, scores)
-            if fit is not None:
-                end = max(minutes) * 4
-                grid = [min(minutes) * (end / min(minutes)) ** (k / 60) for k in range(61)]
-                axes[1][column].plot(grid, [min(1.0, max(0.0, fit(t))) for t in grid], "--", color=colour, alpha=0.6)
-    for row, xlabel in enumerate(("examples seen", "CPU minutes (fit dashed, extrapolated 4x)")):
-        for column, (key, task) in enumerate(SCORED):
-            axis = axes[row][column]
-            axis.axhline(BARS[key], color="grey", linestyle=":", linewidth=1)
-            axis.set_xscale("log")
-            axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: 2x10^3 3x10^3 ... overlap
-            axis.set_ylim(-0.02, 1.02)
-            axis.set_xlabel(xlabel)
-            axis.set_ylabel(f"{task} all_ok (held-out)")
-            axis.set_title(task)
-            axis.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize="small")
-    figure.suptitle("Miniature de-tokenizer: held-out reconstruction and text-to-image")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def plot_mode(args: argparse.Namespace) -> str:
     """Merge the arms' CSVs, write the merged CSV and the PNG, and return the prediction table."""
     rows = merge_arms(args.plot)
     if args.csv:
-        write_csv(rows, Path(args.csv))
+        write_csv(rows, Path(args.csv), COLUMNS)
     if args.png:
-        plot_curves(rows, Path(args.png))
+        plot_curves(
+            rows,
+            Path(args.png),
+            scores=SCORED,
+            bars=BARS,
+            ylabel="{task} all_ok (held-out)",
+            title="Miniature de-tokenizer: held-out reconstruction and text-to-image",
+        )
     table = prediction_table(rows)
     print(table)
     return table

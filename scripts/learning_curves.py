@@ -25,7 +25,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +135,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def append_row(path: Path, row: dict[str, object]) -> None:
+def append_row(path: Path, row: dict[str, object], columns: Sequence[str] = COLUMNS) -> None:
     """Append one row to a curve CSV, writing the header first if the file is new."""
     new = not path.is_file()
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -329,6 +329,22 @@ def _column(points: Sequence[dict[str, str]], key: str) -> list[float]:
     return [float(row[key]) for row in points]
 
 
+def time_to_bar(minutes: list[float], scores: list[float], bar: float) -> tuple[str, str]:
+    """(fitted asymptote, CPU minutes to ``bar``: measured, predicted by the fit, or not reached)."""
+    fit = fit_saturating(minutes, scores)
+    asymptote = f"{min(fit.a, 1.0):.0%}" if fit else "-"
+    hit = next((t for t, score in zip(minutes, scores) if score >= bar), None)
+    if hit is not None:
+        return asymptote, f"reached at {hit:.1f}"
+    predicted = fit.minutes_to(bar) if fit else None
+    limit = EXTRAPOLATION_LIMIT * minutes[-1]
+    if predicted is None:
+        return asymptote, NOT_REACHED
+    if predicted > limit:
+        return asymptote, f"{NOT_REACHED} (> {limit:,.0f})"
+    return asymptote, f"{predicted:,.0f} ({predicted / 60:,.1f} h)"
+
+
 def prediction_table(rows: Sequence[dict[str, str]], target: float = BAR) -> str:
     """Markdown table: per arm, the last point and the predicted CPU minutes to ``target`` VQA and grounding."""
     head = ["arm", "steps", "CPU min"]
@@ -340,71 +356,65 @@ def prediction_table(rows: Sequence[dict[str, str]], target: float = BAR) -> str
         cells = [arm, points[-1]["step"], f"{minutes[-1]:.1f}"]
         for task in FIT_TASKS:
             accuracy = _column(points, task)
-            fit = fit_saturating(minutes, accuracy)
-            hit = next((t for t, acc in zip(minutes, accuracy) if acc >= target), None)
-            if hit is not None:
-                when = f"reached at {hit:.1f}"
-            else:
-                predicted = fit.minutes_to(target) if fit else None
-                limit = EXTRAPOLATION_LIMIT * minutes[-1]
-                if predicted is None:
-                    when = NOT_REACHED
-                elif predicted > limit:
-                    when = f"{NOT_REACHED} (> {limit:,.0f})"
-                else:
-                    when = f"{predicted:,.0f} ({predicted / 60:,.1f} h)"
-            asymptote = f"{min(fit.a, 1.0):.0%}" if fit else "-"
-            cells += [f"{accuracy[-1]:.0%}", asymptote, when]
+            cells += [f"{accuracy[-1]:.0%}", *time_to_bar(minutes, accuracy, target)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_csv(rows: Sequence[dict[str, str]], path: Path) -> None:
+def write_csv(rows: Sequence[dict[str, str]], path: Path, columns: Sequence[str] = COLUMNS) -> None:
     """Write the merged rows of all arms to one CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
-def plot_curves(rows: Sequence[dict[str, str]], path: Path) -> None:
-    """Accuracy per task against examples seen (top) and CPU minutes with the fitted curves (bottom)."""
+def plot_curves(
+    rows: Sequence[dict[str, str]],
+    path: Path,
+    *,
+    scores: Sequence[tuple[str, str]] = tuple((task, task) for task in SCORED_TASKS),
+    bars: Mapping[str, float] | None = None,
+    ylabel: str = "{task} held-out exact",
+    title: str = "Miniature LLM pre-training: held-out teacher-forced exact answers",
+) -> None:
+    """Each score (CSV column, panel title) against examples seen (top) and CPU minutes with the fitted curves
+    (bottom); ``bars`` (default ``BAR`` for every score) is drawn as a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    tasks = SCORED_TASKS
-    figure, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 8), squeeze=False)
+    figure, axes = plt.subplots(2, len(scores), figsize=(5 * len(scores), 8), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (arm, points) in enumerate(_by_arm(rows).items()):
         colour = colours[index % len(colours)]
         examples, minutes = _column(points, "examples_seen"), _column(points, "cpu_minutes")
-        for column, task in enumerate(tasks):
-            accuracy = _column(points, task)
-            axes[0][column].plot(examples, accuracy, "o-", color=colour, label=arm)
-            axes[1][column].plot(minutes, accuracy, "o-", color=colour, label=arm)
-            fit = fit_saturating(minutes, accuracy)
+        for column, (key, _) in enumerate(scores):
+            values = _column(points, key)
+            axes[0][column].plot(examples, values, "o-", color=colour, label=arm)
+            axes[1][column].plot(minutes, values, "o-", color=colour, label=arm)
+            fit = fit_saturating(minutes, values)
             if fit is not None:
                 end = max(minutes) * 4
                 grid = [min(minutes) * (end / min(minutes)) ** (k / 60) for k in range(61)]
                 fitted = [min(1.0, max(0.0, fit(t))) for t in grid]
                 axes[1][column].plot(grid, fitted, "--", color=colour, alpha=0.6)
     for row, xlabel in enumerate(("examples seen", "CPU minutes (fit dashed, extrapolated 4x)")):
-        for column, task in enumerate(tasks):
+        for column, (key, task) in enumerate(scores):
             axis = axes[row][column]
-            axis.axhline(BAR, color="grey", linestyle=":", linewidth=1)
+            axis.axhline((bars or {}).get(key, BAR), color="grey", linestyle=":", linewidth=1)
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: 2x10^3 3x10^3 ... overlap
             axis.set_ylim(-0.02, 1.02)
             axis.set_xlabel(xlabel)
-            axis.set_ylabel(f"{task} held-out exact")
+            axis.set_ylabel(ylabel.format(task=task))
             axis.set_title(task)
             axis.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    figure.suptitle("Miniature LLM pre-training: held-out teacher-forced exact answers")
+    figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
