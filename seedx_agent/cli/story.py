@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,20 +122,17 @@ def _check(args: argparse.Namespace) -> None:
     check_namespace(getattr(args, "namespace", None))
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
-    """Engine, memory, planner and the output folder (created) for a workflow command (after ``_check``)."""
+@contextmanager
+def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any, Any, Path]]:
+    """Engine, memory, planner and the output folder (created) for a workflow command (after ``_check``); the
+    memory is closed when the block ends, however it ends."""
     from seedx_agent.graphs.runtime import default_planner, load_engine, load_planner, open_memory
 
     out = Path(args.out).expanduser()
     engine = load_engine(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    memory = open_memory(Path(args.memory) if args.memory else out / "memory", engine)
-    try:
-        planner = load_planner(args.planner or default_planner(args.model), engine, memory)
-    except BaseException:
-        memory.close()
-        raise
-    return engine, memory, planner, out
+    with open_memory(Path(args.memory) if args.memory else out / "memory", engine) as memory:
+        yield engine, memory, load_planner(args.planner or default_planner(args.model), engine, memory), out
 
 
 def _stream(graph: Any, inputs: dict[str, Any], bar: Any, progress: Callable[[dict[str, Any], Any], None]) -> Any:
@@ -176,8 +174,7 @@ def cmd_story(args: argparse.Namespace) -> int:
 
     from seedx_agent.graphs.story import create_story_graph
 
-    engine, memory, planner, out = _open(args)
-    try:
+    with _open(args) as (engine, memory, planner, out):
         graph = create_story_graph(
             engine,
             memory,
@@ -189,8 +186,6 @@ def cmd_story(args: argparse.Namespace) -> int:
         )
         with tqdm(total=args.beats, desc="story", unit="beat", disable=args.quiet) as bar:
             final = _stream(graph, {"premise": premise, "base_seed": args.seed}, bar, _story_progress)
-    finally:
-        memory.close()
     consistent = sum(1 for item in _beats(final) if item["consistent"] is not False)
     print(
         json.dumps(
@@ -221,8 +216,7 @@ def cmd_slides(args: argparse.Namespace) -> int:
 
     from seedx_agent.graphs.slides import create_slides_graph
 
-    engine, memory, planner, out = _open(args)
-    try:
+    with _open(args) as (engine, memory, planner, out):
         graph = create_slides_graph(
             engine,
             memory,
@@ -234,8 +228,6 @@ def cmd_slides(args: argparse.Namespace) -> int:
         )
         with tqdm(total=args.slides, desc="slides", unit="picture", disable=args.quiet) as bar:
             final = _stream(graph, {"topic": topic, "base_seed": args.seed}, bar, _slides_progress)
-    finally:
-        memory.close()
     passed = sum(1 for slide in final["slides"] if slide["passed"])
     print(json.dumps({"pptx": final["pptx"], "previews": final["previews"], "passed": passed, "slides": args.slides}))
     return 0
@@ -250,8 +242,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from seedx_agent.graphs.refine import create_refine_graph
 
-    engine, memory, planner, out = _open(args)
-    try:
+    with _open(args) as (engine, memory, planner, out):
         graph = create_refine_graph(
             engine,
             memory,
@@ -283,8 +274,6 @@ def cmd_refine(args: argparse.Namespace) -> int:
             "verdicts": final["verdicts"],
         }
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    finally:
-        memory.close()
     if report["verified"]:
         print(f"verified after {report['rounds']} correction(s); {len(versions)} version(s) in {out}")
         return 0
