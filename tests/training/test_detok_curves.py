@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -15,18 +14,12 @@ import torch
 from seedx_agent.config import SeedXConfig
 from seedx_agent.training.loop import checkpoint_step
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "detok_curves.py"
 SCORES = ("recon", "recon_shape", "recon_colour", "t2i", "t2i_shape", "t2i_colour", "t2i_position", "t2i_count")
 
 
 @pytest.fixture(scope="module")
-def curves() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("detok_curves", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["detok_curves"] = module
-    spec.loader.exec_module(module)
-    return module
+def curves(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("detok_curves")
 
 
 def _tiny_arm(out: Path, space: str, *extra: str) -> list[str]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -14,17 +13,10 @@ import torch
 
 from seedx_agent.training.loop import checkpoint_step
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "learning_curves.py"
-
 
 @pytest.fixture(scope="module")
-def curves() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("learning_curves", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["learning_curves"] = module
-    spec.loader.exec_module(module)
-    return module
+def curves(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("learning_curves")
 
 
 def _tiny_arm(out: Path, *extra: str, arm: str = "tiny") -> list[str]:
