@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import shutil
 import threading
@@ -34,8 +33,6 @@ from seedx_agent.errors import (
 )
 from seedx_agent.pipeline.components import SeedXComponents, build_components, stage_for_variant
 from seedx_agent.pipeline.tokenizer import SeedXTokenizer
-
-logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt")
 
