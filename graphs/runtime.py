@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from seedx_agent.memory import ImageMemory
+from seedx_agent.memory import ChromaServer, ImageMemory, parse_chroma_address
 from seedx_agent.tools import memory_image_embedder
 
 from seedx_agent.config import PRESETS
@@ -33,10 +33,12 @@ from seedx_agent.errors import CheckpointError, ConfigError
 from seedx_agent.model import SeedX
 
 __all__ = [
+    "CHROMA_ENV",
     "DEFAULT_MEMORY_DIR",
     "DEFAULT_MODEL",
     "FALLBACK_MODEL",
     "PLANNER_ALIASES",
+    "chroma_from_env",
     "default_planner",
     "engine_and_memory_from_env",
     "load_engine",
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "mini"
 FALLBACK_MODEL = "tiny-random"
 DEFAULT_MEMORY_DIR = Path("~/.cache/seedx-agent/memory")
+CHROMA_ENV = "SEEDX_CHROMA"
+"""``HOST:PORT[/PREFIX]`` of a chroma server: every memory opened here is then in shared mode on that server, so
+several processes (server workers, Ray replicas, a CLI beside a server) use one memory folder at once."""
 
 
 def engine_device(device: str | None = None) -> str:
@@ -99,9 +104,22 @@ def load_engine(spec: str | Path = DEFAULT_MODEL, *, device: str | None = None) 
     return SeedXEngine(model)
 
 
-def open_memory(root: str | Path, engine: SeedXEngine) -> ImageMemory:
-    """Open (creating if needed) the image memory at ``root`` with the engine's ViT as image embedder."""
-    return ImageMemory.open(Path(root).expanduser(), image_embedder=memory_image_embedder(engine))
+def chroma_from_env() -> ChromaServer | None:
+    """The chroma server named by ``SEEDX_CHROMA`` (``HOST:PORT[/PREFIX]``), or None when it is unset."""
+    text = os.environ.get(CHROMA_ENV, "").strip()
+    return parse_chroma_address(text) if text else None
+
+
+def open_memory(root: str | Path, engine: SeedXEngine, *, chroma: ChromaServer | str | None = None) -> ImageMemory:
+    """Open (creating if needed) the image memory at ``root`` with the engine's ViT as image embedder.
+
+    With ``chroma`` (a ``ChromaServer`` or ``"HOST:PORT[/PREFIX]"``; default ``SEEDX_CHROMA``) the memory opens in
+    shared mode on that server, so other processes can open the same ``root`` at the same time."""
+    server = parse_chroma_address(chroma) if isinstance(chroma, str) else chroma or chroma_from_env()
+    embedder = memory_image_embedder(engine)
+    if server is None:
+        return ImageMemory.open(Path(root).expanduser(), image_embedder=embedder)
+    return ImageMemory.open(Path(root).expanduser(), image_embedder=embedder, client=server, shared=True)
 
 
 def engine_and_memory_from_env() -> tuple[SeedXEngine, ImageMemory]:
@@ -136,8 +154,11 @@ def shared_engine(spec: str | Path = DEFAULT_MODEL) -> SeedXEngine:
         return engine
 
 
-def shared_engine_and_memory(spec: str | Path, memory_root: str | Path) -> tuple[SeedXEngine, ImageMemory]:
-    """The process's engine for ``spec`` and its memory at ``memory_root``, each opened once (thread-safe).
+def shared_engine_and_memory(
+    spec: str | Path, memory_root: str | Path, *, chroma: ChromaServer | str | None = None
+) -> tuple[SeedXEngine, ImageMemory]:
+    """The process's engine for ``spec`` and its memory at ``memory_root``, each opened once (thread-safe);
+    ``chroma`` as in ``open_memory``.
 
     A folder already shared with another model's engine is a ``ConfigError`` (its image embeddings would mix)."""
     engine = shared_engine(spec)
@@ -147,7 +168,7 @@ def shared_engine_and_memory(spec: str | Path, memory_root: str | Path) -> tuple
         if found is not None and found[0].closed:  # closed by its user: open it again
             found = None
         if found is None:
-            memory = open_memory(root, engine)
+            memory = open_memory(root, engine, chroma=chroma)
             _SHARED_MEMORIES[root] = (memory, engine)
             return engine, memory
         memory, owner = found

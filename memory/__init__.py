@@ -7,7 +7,7 @@ Images cross the agent boundary only as ids issued here; no caller ever supplies
 
 from __future__ import annotations
 
-from .backend import ChromaServer
+from .backend import ChromaServer, parse_chroma_address
 from .embedders import HashingTextEmbeddings, ImageEmbedder
 from .errors import (
     EmbeddingMismatchError,
@@ -43,5 +43,6 @@ __all__ = [
     "MemoryLockedError",
     "RepairReport",
     "UnknownImageError",
+    "parse_chroma_address",
     "validate_image_id",
 ]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-__all__ = ["ChromaServer", "ClientChoice", "open_chroma_client"]
+__all__ = ["ChromaServer", "ClientChoice", "open_chroma_client", "parse_chroma_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,25 @@ class ChromaServer(BaseModel):
 
 
 ClientChoice = Literal["persistent"] | ChromaServer
+
+
+def parse_chroma_address(text: str) -> ChromaServer:
+    """``ChromaServer`` settings from ``"HOST:PORT"`` or ``"HOST:PORT/PREFIX"`` (the ``SEEDX_CHROMA`` variable and the
+    ``--chroma`` flags); ``http://`` / ``https://`` in front are accepted."""
+    address = text.strip()
+    ssl = address.startswith("https://")
+    address = address.removeprefix("https://").removeprefix("http://")
+    location, _, prefix = address.partition("/")
+    host, _, port = location.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidMemoryRequestError(
+            f"chroma server address {text!r} is not HOST:PORT (optionally HOST:PORT/COLLECTION_PREFIX), e.g. "
+            "127.0.0.1:8001"
+        )
+    try:
+        return ChromaServer(host=host, port=int(port), ssl=ssl, **({"collection_prefix": prefix} if prefix else {}))
+    except Exception as error:
+        raise InvalidMemoryRequestError(f"chroma server address {text!r}: {error}") from error
 
 
 def _settings() -> Any:

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from filelock import FileLock, Timeout
 from PIL import Image
 
 from .errors import MemoryLockedError
+from .shared import DEFAULT_LOCK_TIMEOUT, HAS_FLOCK, FlockFile, read_owner, require_flock
 
 __all__ = ["CanonicalImage", "ContentStore", "Journal", "RootLock", "atomic_write_bytes", "canonical_image"]
 
@@ -211,56 +213,134 @@ class Journal:
         return entries, torn
 
 
-_HELD_ROOTS: set[str] = set()
+_HELD_ROOTS: dict[str, list[str]] = {}  # resolved root -> modes of the opens held by this process
 _HELD_ROOTS_GUARD = threading.Lock()
 
 
 class RootLock:
-    """Exclusive hold on a memory root: an in-process registry plus an OS file lock on ``root/.lock``.
+    """Hold on a memory root: an in-process registry plus an OS file lock on ``root/.lock``.
 
-    The registry gives a precise message for a second open in the same process; the file lock (flock on
-    POSIX, released by the OS when the holder dies, so SIGKILL leaves no stale lock) covers other processes.
+    Single-process mode (the default) holds it exclusively; shared mode (``shared=True``, see ``memory.shared``)
+    holds it shared with the other processes of that mode, and exclusively only while it is the first one in, so
+    it can run the full repair alone. The registry gives a precise message for a second open in the same process;
+    the file lock (``flock`` on POSIX, released by the OS when the holder dies, so SIGKILL leaves no stale lock)
+    covers other processes.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, shared: bool = False, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        if shared:
+            require_flock()
         self.root = root
+        self.shared = shared
+        self.alone = False
+        """True while this holder has the root to itself (single-process mode, or a shared opener before
+        ``share()``): only then may the full repair sweep the root."""
+        self._timeout = timeout
         self._key = str(root.resolve())
-        self._file_lock = FileLock(str(root / ".lock"), timeout=0)
+        self._flock = FlockFile(root / ".lock") if HAS_FLOCK else None
+        self._file_lock = None if HAS_FLOCK else FileLock(str(root / ".lock"), timeout=0)
         self._owner_path = root / ".lock.owner"
         self._held = False
+
+    @property
+    def mode(self) -> str:
+        """``"shared"`` or ``"single"``."""
+        return "shared" if self.shared else "single"
 
     def acquire(self) -> None:
         """Take the lock or raise ``MemoryLockedError`` naming the root and the fix."""
         with _HELD_ROOTS_GUARD:
-            if self._key in _HELD_ROOTS:
+            modes = _HELD_ROOTS.get(self._key, [])
+            if modes and (not self.shared or "single" in modes):
+                hint = (
+                    "reuse that ImageMemory object (share it between tools and graphs) or close() it before opening "
+                    "the root again"
+                )
+                if "shared" in modes:
+                    hint = "open it with shared=True too, or close() the shared one first"
                 raise MemoryLockedError(
-                    f"the image memory at {self.root} is already open in this process; reuse that ImageMemory "
-                    "object (share it between tools and graphs) or close() it before opening the root again",
+                    f"the image memory at {self.root} is already open in this process"
+                    + (" in shared mode" if "shared" in modes else " in single-process mode" if self.shared else "")
+                    + f"; {hint}",
                     root=self.root,
                 )
-            try:
-                self._file_lock.acquire()
-            except Timeout:
-                owner = self._read_owner()
-                raise MemoryLockedError(
-                    f"the image memory at {self.root} is in use by another process{owner}; close the memory in "
-                    "that process (or stop it), use a different root, or share one chroma server "
-                    "(client=ChromaServer(...)) with a separate root per process",
-                    root=self.root,
-                ) from None
-            _HELD_ROOTS.add(self._key)
+            if self.shared:
+                self._acquire_shared()
+            else:
+                self._acquire_single()
+            _HELD_ROOTS.setdefault(self._key, []).append(self.mode)
             self._held = True
+        self._write_owner()
+
+    def _acquire_single(self) -> None:
+        if self._flock is not None:
+            taken = self._flock.try_lock(exclusive=True)
+        else:
+            try:
+                self._file_lock.acquire()  # type: ignore[union-attr]
+                taken = True
+            except Timeout:
+                taken = False
+        if not taken:
+            owner = read_owner(self._owner_path)
+            if owner.get("mode") == "shared":
+                raise MemoryLockedError(
+                    f"the image memory at {self.root} is open in shared mode by other processes; open it the same "
+                    "way (shared=True with their chroma server), or stop them first",
+                    root=self.root,
+                )
+            pid = owner.get("pid")
+            raise MemoryLockedError(
+                f"the image memory at {self.root} is in use by another process"
+                + (f" (pid {pid})" if isinstance(pid, int) else "")
+                + "; close the memory in that process (or stop it), use a different root, or open every process "
+                "in shared mode (shared=True with one chroma server, client=ChromaServer(...))",
+                root=self.root,
+            )
+        self.alone = True
+
+    def _acquire_shared(self) -> None:
+        assert self._flock is not None
+        if self._flock.try_lock(exclusive=True):  # first in: repair alone, then share() lets the others in
+            self.alone = True
+            return
+        deadline = time.monotonic() + self._timeout
+        while not self._flock.try_lock(exclusive=False):
+            owner = read_owner(self._owner_path)
+            if owner.get("mode") == "single":
+                pid = owner.get("pid")
+                raise MemoryLockedError(
+                    f"the image memory at {self.root} is open in single-process mode by another process"
+                    + (f" (pid {pid})" if isinstance(pid, int) else "")
+                    + "; close it there, or open it there with shared=True too",
+                    root=self.root,
+                )
+            if time.monotonic() >= deadline:
+                raise MemoryLockedError(
+                    f"the image memory at {self.root} stayed locked for {self._timeout:.0f} s (the first shared "
+                    "opener repairs it alone); raise lock_timeout= or look for a stuck process",
+                    root=self.root,
+                )
+            time.sleep(0.05)
+
+    def share(self) -> None:
+        """Shared mode, first opener: after the repair, turn the exclusive hold into a shared one."""
+        if not (self.shared and self.alone and self._flock is not None):
+            return
+        if not self._flock.try_lock(exclusive=False):  # flock conversion is not atomic; a single opener won
+            self.release()
+            raise MemoryLockedError(
+                f"the image memory at {self.root} was taken in single-process mode while this process repaired it",
+                root=self.root,
+            )
+        self.alone = False
+
+    def _write_owner(self) -> None:
+        note = {"pid": os.getpid(), "mode": self.mode}
         try:
-            self._owner_path.write_text(str(os.getpid()), encoding="utf-8")
+            self._owner_path.write_text(json.dumps(note), encoding="utf-8")
         except OSError:
             logger.debug("could not write %s", self._owner_path)
-
-    def _read_owner(self) -> str:
-        try:
-            pid = self._owner_path.read_text(encoding="utf-8").strip()
-        except OSError:
-            return ""
-        return f" (pid {pid})" if pid.isdigit() else ""
 
     def release(self) -> None:
         """Give the root back (idempotent)."""
@@ -268,5 +348,13 @@ class RootLock:
             if not self._held:
                 return
             self._held = False
-            _HELD_ROOTS.discard(self._key)
-            self._file_lock.release()
+            self.alone = False
+            modes = _HELD_ROOTS.get(self._key, [])
+            if self.mode in modes:
+                modes.remove(self.mode)
+            if not modes:
+                _HELD_ROOTS.pop(self._key, None)
+            if self._flock is not None:
+                self._flock.unlock()
+            else:
+                self._file_lock.release()  # type: ignore[union-attr]

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -57,6 +56,7 @@ from .backend import (
 )
 from .embedders import HashingTextEmbeddings, ImageEmbedder, check_embeddings, unit_rows
 from .errors import (
+    EmbeddingMismatchError,
     ImageMemoryError,
     InvalidMemoryRequestError,
     MemoryClosedError,
@@ -78,6 +78,7 @@ from .records import (
     validate_text,
     validate_where,
 )
+from .shared import DEFAULT_LOCK_TIMEOUT, JOURNALS, PeerJournals, ProcessWriteLock, dead_journals, forget
 from .vector_cache import DEFAULT_VECTOR_CACHE_BYTES, CachedVectors, VectorCache
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ OVERFETCH_SLACK = 16
 OVERFETCH_MAX = 256
 MAX_LINEAGE_DEPTH = 10_000
 FORMAT_VERSION = 1
+SINGLE_JOURNAL = "journal.jsonl"  # single-process mode; shared mode journals per process under journals/
 
 ImageInput = Any
 """A PIL image, or any source ``seedx_agent.pipeline.images.load_image`` accepts (bytes, data URL, path on the
@@ -146,17 +148,21 @@ class ImageMemory:
         min_text_score: float = DEFAULT_MIN_TEXT_SCORE,
         min_image_score: float = DEFAULT_MIN_IMAGE_SCORE,
         vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         """Internal: use ``ImageMemory.open``, which takes the lock and repairs the root first."""
         self.root = root
+        self.shared = lock.shared
+        """True in shared mode (several processes on this root and one chroma server; module ``memory.shared``)."""
         self.max_pixels = max_pixels
         self.min_text_score = min_text_score
         self.min_image_score = min_image_score
-        self.namespace_fast_path = True
+        self.namespace_fast_path = not self.shared
         """Namespace-filtered searches use the namespace index (fast); False always asks chroma's metadata filter,
-        the reference path (the benchmark and the tests compare the two)."""
+        the reference path (the benchmark and the tests compare the two). Off in shared mode: this process's index
+        and cache would not see the other processes' writes."""
         self._index = NamespaceIndex()
-        self.vector_cache = VectorCache(vector_cache_bytes)
+        self.vector_cache = VectorCache(0 if self.shared else vector_cache_bytes)
         """Unit vectors of the namespaces searched lately (module ``vector_cache``); ``vector_cache.max_bytes``
         bounds it (settable; 0 turns it off)."""
         self.image_embedder = image_embedder
@@ -167,13 +173,15 @@ class ImageMemory:
         self._visual: Collection = open_collection(client, f"{collection_prefix}_images_visual")
         self._text: Collection = open_collection(client, f"{collection_prefix}_images_text")
         self._files = ContentStore(root / "images")
-        self._journal = Journal(root / "journal.jsonl")
+        self._peers = PeerJournals(root) if self.shared else None
+        self._journal = Journal(self._peers.journal_path if self._peers else root / SINGLE_JOURNAL)
         self._manifest_path = root / "memory.json"
         self._manifest = self._load_manifest()
-        self._write_lock = threading.RLock()
+        # Serialises writes: between this process's threads, and in shared mode between processes (root/.write.lock).
+        self._write_lock = ProcessWriteLock(root if self.shared else None, timeout=lock_timeout)
         self._close_callbacks: list[Callable[[], None]] = []
         # A memory dropped without close() still gives its root back when it is garbage-collected.
-        self._finalizer = weakref.finalize(self, _release_quietly, client, lock)
+        self._finalizer = weakref.finalize(self, _release_quietly, client, lock, self._peers)
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -189,6 +197,8 @@ class ImageMemory:
         min_text_score: float = DEFAULT_MIN_TEXT_SCORE,
         min_image_score: float = DEFAULT_MIN_IMAGE_SCORE,
         vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES,
+        shared: bool = False,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> ImageMemory:
         """Open (creating if needed) the memory at ``root``, lock it, and repair any crash damage.
 
@@ -199,6 +209,12 @@ class ImageMemory:
         (cosine similarities in [-1, 1]; ``DEFAULT_MIN_TEXT_SCORE``, ``DEFAULT_MIN_IMAGE_SCORE``);
         ``vector_cache_bytes`` bounds the in-process cache of namespace vectors that answers namespace-filtered
         searches (``DEFAULT_VECTOR_CACHE_BYTES``, 256 MiB; 0 turns it off).
+
+        ``shared=True`` lets several processes (Ray replicas, server workers) open the same ``root`` at once, with
+        the records on one chroma server (``client=ChromaServer(...)``, required) and the image files in ``root``,
+        a folder they all reach (module ``memory.shared``). Writes are then serialised across processes, each
+        process repairs only what dead processes left half-done, and namespace searches ask chroma's filter (the
+        in-process namespace index and vector cache are off). ``lock_timeout`` bounds the wait for the write lock.
         """
         if not callable(image_embedder):
             raise InvalidMemoryRequestError(
@@ -215,13 +231,23 @@ class ImageMemory:
         min_text_score = _check_min_score(min_text_score, "min_text_score")
         min_image_score = _check_min_score(min_image_score, "min_image_score")
         VectorCache(vector_cache_bytes)  # checks it before anything is locked
+        if not isinstance(shared, bool):
+            raise InvalidMemoryRequestError(f"shared must be True or False, got {shared!r}")
+        if shared and client == "persistent":
+            raise InvalidMemoryRequestError(
+                "shared=True needs a chroma server every process reaches: pass client=ChromaServer(host=..., "
+                "port=...) (start one with `chroma run --path DIR --port PORT`); the embedded store is single-process"
+            )
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout > 0:
+            raise InvalidMemoryRequestError(f"lock_timeout must be a positive number of seconds, got {lock_timeout!r}")
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise InvalidMemoryRequestError(f"memory root {root} exists and is not a directory; pick a folder path")
         root.mkdir(parents=True, exist_ok=True)
-        lock = RootLock(root)
+        lock = RootLock(root, shared=shared, timeout=float(lock_timeout))
         lock.acquire()
         chroma_client = None
+        memory = None
         try:
             chroma_client, prefix = open_chroma_client(root, client)
             memory = cls(
@@ -235,9 +261,15 @@ class ImageMemory:
                 min_text_score=min_text_score,
                 min_image_score=min_image_score,
                 vector_cache_bytes=vector_cache_bytes,
+                lock_timeout=float(lock_timeout),
             )
             memory.last_repair = memory.repair()
+            lock.share()  # shared mode, first opener: the root is repaired, let the other processes in
         except BaseException:
+            if memory is not None:
+                memory._finalizer.detach()
+                if memory._peers is not None:
+                    memory._peers.close()
             if chroma_client is not None:
                 chroma_client.close()
             lock.release()
@@ -266,6 +298,8 @@ class ImageMemory:
             try:
                 client.close()
             finally:
+                if self._peers is not None:
+                    self._peers.close()
                 self._lock.release()
 
     def on_close(self, callback: Callable[[], None]) -> None:
@@ -306,7 +340,19 @@ class ImageMemory:
         return manifest
 
     def _remember_dim(self, key: str, dim: int) -> None:
-        if self._manifest.get(key) is None:
+        if self._manifest.get(key) is not None:
+            return
+        with self._write_lock:  # shared mode: another process may have written the manifest meanwhile
+            if self.shared:
+                self._manifest = self._load_manifest()
+                known = self._manifest.get(key)
+                if known is not None:
+                    if known != dim:
+                        raise EmbeddingMismatchError(
+                            f"{key.replace('_', ' ')} is {known} in this memory (set by another process) but the "
+                            f"embedder returned {dim}; every process of a shared memory must use the same embedders"
+                        )
+                    return
             self._manifest[key] = dim
             atomic_write_bytes(self._manifest_path, json.dumps(self._manifest, indent=2).encode("utf-8"))
 
@@ -524,10 +570,11 @@ class ImageMemory:
                         "without parent_id or from an existing image",
                         image_id=sorted(missing)[0],
                     )
-            for item in canonical:
-                if self._files.write(item):
-                    transaction.written_hashes.append(item.content_hash)
-            self._journal.begin({"op": "add", "ids": ids, "txn": transaction.txn, "time": time.time()})
+            written = [item.content_hash for item in canonical if self._files.write(item)]
+            transaction.written_hashes.extend(written)
+            self._journal.begin(
+                {"op": "add", "ids": ids, "hashes": written, "txn": transaction.txn, "time": time.time()}
+            )
             transaction.ids.extend(ids)
             self._visual.add(ids=ids, embeddings=visual_vectors, metadatas=[record.to_metadata() for record in records])
             self._index.add(self._index.VISUAL, records)
@@ -856,7 +903,9 @@ class ImageMemory:
         with self._write_lock:
             record = self.get(image_id, namespace=namespace)
             txn = secrets.token_hex(4)
-            self._journal.begin({"op": "delete", "ids": [image_id], "txn": txn, "time": time.time()})
+            self._journal.begin(
+                {"op": "delete", "ids": [image_id], "hashes": [record.content_hash], "txn": txn, "time": time.time()}
+            )
             self._forget([image_id])
             delete_ids(self._text, [image_id])
             delete_ids(self._visual, [image_id])
@@ -872,71 +921,106 @@ class ImageMemory:
     # ------------------------------------------------------------------ repair
 
     def repair(self) -> RepairReport:
-        """Restore "every record has its file, every file has a record" after a crash; runs on every open."""
+        """Restore "every record has its file, every file has a record" after a crash; runs on every open.
+
+        Rolls back the uncommitted adds and finishes the deletes of every journal whose writer is gone. The full
+        sweep (records without a file, files without a record, temp files) runs only while this process has the
+        root to itself: always in single-process mode; in shared mode only for the first opener, since another
+        process's add in flight looks like damage to a sweep.
+        """
         self._check_open()
         with self._write_lock:
             self.vector_cache.clear()  # refilled from chroma by the next queries, under this same lock
+            alone = self._lock.alone
             counts: dict[str, int] = {}
-            entries, counts["torn_journal_lines"] = self._journal.pending()
-            pending_adds = sorted({i for entry in entries if entry.get("op") == "add" for i in entry.get("ids", [])})
-            pending_deletes = sorted(
-                {i for entry in entries if entry.get("op") == "delete" for i in entry.get("ids", [])}
-            )
-            pending = pending_adds + pending_deletes
-            present = set(self._visual.get(ids=pending, include=[])["ids"]) if pending else set()
-            counts["rolled_back_adds"] = sum(1 for image_id in pending_adds if image_id in present)
-            counts["completed_deletes"] = sum(1 for image_id in pending_deletes if image_id in present)
-            delete_ids(self._text, pending)
-            delete_ids(self._visual, pending)
-
-            visual = dict(iter_metadata(self._visual))
-            text_ids = set(iter_ids(self._text))
-            without_file = [
-                i for i, meta in visual.items() if not self._files.exists(str(meta.get("content_hash", "")))
-            ]
-            incomplete = [
-                i
-                for i, meta in visual.items()
-                if i not in text_ids and (meta.get("prompt") or meta.get("caption")) and i not in without_file
-            ]
-            dangling_text = [i for i in text_ids if i not in visual]
-            delete_ids(self._text, dangling_text + without_file)
-            delete_ids(self._visual, without_file + incomplete)
-            counts["records_without_file"] = len(without_file)
-            counts["incomplete_records"] = len(incomplete)
-            counts["dangling_text_entries"] = len(dangling_text)
-
-            removed = set(without_file) | set(incomplete)
-            referenced = {meta.get("content_hash") for i, meta in visual.items() if i not in removed}
-            self._index.rebuild(
-                {i: str(meta.get("namespace", "")) for i, meta in visual.items() if i not in removed},
-                (i for i in text_ids if i not in removed and i not in dangling_text),
-            )
-            counts["orphan_files"] = counts["temp_files"] = counts["unknown_files"] = 0
-            for path, content_hash in self._files.scan():
-                if content_hash is not None:
-                    if content_hash not in referenced:
-                        self._files.remove(content_hash)
-                        counts["orphan_files"] += 1
-                elif path.name.endswith(TEMP_SUFFIX) and path.is_file():
-                    path.unlink(missing_ok=True)
-                    counts["temp_files"] += 1
-                else:
-                    counts["unknown_files"] += 1
-                    logger.warning("unexpected file %s in the image memory; leaving it alone", path)
-            self._journal.commit()
+            journals = [self._journal] if alone else []  # our own, when no thread of ours can be mid-write
+            if self.shared:
+                single = self.root / SINGLE_JOURNAL  # a single-process writer cannot be open beside us: it is dead
+                journals.append(Journal(single))
+            dead = dead_journals(self.root / JOURNALS, exclude=self._peers.writer if self._peers else None)
+            try:
+                journals += [Journal(path) for path, _ in dead]
+                entries: list[dict[str, Any]] = []
+                counts["torn_journal_lines"] = 0
+                for journal in journals:
+                    pending, torn = journal.pending()
+                    entries += pending
+                    counts["torn_journal_lines"] += torn
+                pending_adds = sorted({i for e in entries if e.get("op") == "add" for i in e.get("ids", [])})
+                pending_deletes = sorted({i for e in entries if e.get("op") == "delete" for i in e.get("ids", [])})
+                pending = pending_adds + pending_deletes
+                present = set(self._visual.get(ids=pending, include=[])["ids"]) if pending else set()
+                counts["rolled_back_adds"] = sum(1 for image_id in pending_adds if image_id in present)
+                counts["completed_deletes"] = sum(1 for image_id in pending_deletes if image_id in present)
+                delete_ids(self._text, pending)
+                delete_ids(self._visual, pending)
+                if alone:
+                    self._sweep(counts)
+                else:  # only the files the dead writers' intents name, and only if no record uses them
+                    self._index.discard(pending)
+                    counts["orphan_files"] = 0
+                    for content_hash in sorted({h for e in entries for h in e.get("hashes", [])}):
+                        if self._files.exists(content_hash) and not self._hash_referenced(content_hash):
+                            self._files.remove(content_hash)
+                            counts["orphan_files"] += 1
+                for journal in journals:
+                    if journal is self._journal or journal.path.name == SINGLE_JOURNAL:
+                        journal.commit()
+                for path, alive in dead:
+                    forget(path, alive)
+            finally:
+                for _, alive in dead:
+                    alive.unlock()
             report = RepairReport(**counts)
             if not report.clean:
                 logger.warning("repaired the image memory at %s: %s", self.root, report)
             return report
 
+    def _sweep(self, counts: dict[str, int]) -> None:
+        """The full consistency sweep of ``repair`` (only while no other process has the root open)."""
+        visual = dict(iter_metadata(self._visual))
+        text_ids = set(iter_ids(self._text))
+        without_file = [i for i, meta in visual.items() if not self._files.exists(str(meta.get("content_hash", "")))]
+        incomplete = [
+            i
+            for i, meta in visual.items()
+            if i not in text_ids and (meta.get("prompt") or meta.get("caption")) and i not in without_file
+        ]
+        dangling_text = [i for i in text_ids if i not in visual]
+        delete_ids(self._text, dangling_text + without_file)
+        delete_ids(self._visual, without_file + incomplete)
+        counts["records_without_file"] = len(without_file)
+        counts["incomplete_records"] = len(incomplete)
+        counts["dangling_text_entries"] = len(dangling_text)
 
-def _release_quietly(client: ClientAPI, lock: RootLock) -> None:
-    """Finalizer of an ImageMemory that was never closed: close chroma, release the root."""
+        removed = set(without_file) | set(incomplete)
+        referenced = {meta.get("content_hash") for i, meta in visual.items() if i not in removed}
+        self._index.rebuild(
+            {i: str(meta.get("namespace", "")) for i, meta in visual.items() if i not in removed},
+            (i for i in text_ids if i not in removed and i not in dangling_text),
+        )
+        counts["orphan_files"] = counts["temp_files"] = counts["unknown_files"] = 0
+        for path, content_hash in self._files.scan():
+            if content_hash is not None:
+                if content_hash not in referenced:
+                    self._files.remove(content_hash)
+                    counts["orphan_files"] += 1
+            elif path.name.endswith(TEMP_SUFFIX) and path.is_file():
+                path.unlink(missing_ok=True)
+                counts["temp_files"] += 1
+            else:
+                counts["unknown_files"] += 1
+                logger.warning("unexpected file %s in the image memory; leaving it alone", path)
+
+
+def _release_quietly(client: ClientAPI, lock: RootLock, peers: PeerJournals | None) -> None:
+    """Finalizer of an ImageMemory that was never closed: close chroma, deregister, release the root."""
     try:
         client.close()
     except Exception:
         logger.debug("closing chroma from the finalizer failed", exc_info=True)
+    if peers is not None:
+        peers.close()
     lock.release()
 
 

@@ -771,7 +771,7 @@ def create_app(
     def default_load() -> tuple[Any, Any]:
         from seedx_agent.graphs.runtime import shared_engine_and_memory
 
-        return shared_engine_and_memory(settings.model, settings.memory_dir)
+        return shared_engine_and_memory(settings.model, settings.memory_dir, chroma=settings.chroma)
 
     if backend is not None and load is not None:
         raise ValueError("pass load= (a model in this process) or backend=, not both")

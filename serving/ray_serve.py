@@ -23,10 +23,12 @@ requests it may differ by 1/255 in a few pixels (batched UNet matmuls round diff
 ``SeedXEngine``'s micro-batching). ``n`` images of one request share one LLM pass (greedy decoding makes the
 single process's ``n`` passes identical) and render as ``n`` rows with seeds ``seed``, ``seed + 1``, ...
 
-Memory. Each ``SeedXLLM`` replica opens its own ``ImageMemory`` folder, ``<memory_dir>-llm<slot>`` (the first
-slot whose lock is free, so folders are reused across restarts): a memory folder is open in one process at a
-time. The API never reads or writes the memory (images arrive as data URLs; ``image_output="off"``), so this
-changes no answer; a memory shared by all replicas needs a shared-root mode of ``ImageMemory`` (not built).
+Memory. With a chroma server (``--chroma HOST:PORT``, ``ServeSettings.chroma`` or ``SEEDX_CHROMA``) every
+``SeedXLLM`` replica opens the one ``memory_dir`` in shared mode (``memory.shared``): records on the server, files
+in the folder, which must be reachable by every replica (one node, or a filesystem with working ``flock``).
+Without one, each replica opens its own folder, ``<memory_dir>-llm<slot>`` (the first slot whose lock is free, so
+folders are reused across restarts). The API never reads or writes the memory (images arrive as data URLs;
+``image_output="off"``), so neither choice changes an answer.
 """
 
 from __future__ import annotations
@@ -170,12 +172,16 @@ def load_side(spec: str | Path, side: Literal["llm", "detokenizer"], device: str
     return model
 
 
-def _open_replica_memory(memory_dir: str, engine: Any) -> Any:
-    """This replica's own image memory: the first free ``<memory_dir>-llm<slot>`` (a folder is single-process)."""
-    from seedx_agent.graphs.runtime import open_memory
+def _open_replica_memory(settings: ServeSettings, engine: Any) -> Any:
+    """This replica's image memory: with a chroma server (``settings.chroma`` or ``SEEDX_CHROMA``) the one folder
+    every replica shares (shared mode); otherwise the first free ``<memory_dir>-llm<slot>`` of its own."""
+    from seedx_agent.graphs.runtime import chroma_from_env, open_memory
     from seedx_agent.memory import MemoryLockedError
 
-    base = Path(memory_dir).expanduser()
+    base = Path(settings.memory_dir).expanduser()
+    chroma = settings.chroma or chroma_from_env()
+    if chroma is not None:
+        return open_memory(base, engine, chroma=chroma)
     for slot in range(_MEMORY_SLOTS):
         try:  # siblings of the single-process server's folder, never inside it
             return open_memory(base.with_name(f"{base.name}-llm{slot}"), engine)
@@ -270,7 +276,7 @@ class SeedXLLM:
         model = load_side(settings.model, "llm", device)
         self.record = next(iter(model.parts.detokenizers.values())).record
         engine = SeedXEngine(model)
-        self.memory = _open_replica_memory(settings.memory_dir, engine)
+        self.memory = _open_replica_memory(settings, engine)
         self.service = SeedXService(engine, self.memory, settings)
         self.workers = _Workers(settings.workers, settings.max_pending)
         logger.info("SeedXLLM replica ready (%.1f s)", time.perf_counter() - started)

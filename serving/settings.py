@@ -16,6 +16,9 @@ class ServeSettings:
     # ChatSeedX's image memory: the API stores nothing in it, and its own folder keeps it from locking the one
     # ``seedx-agent chat`` uses (a memory folder is open in one process at a time).
     memory_dir: str = "~/.cache/seedx-agent/serve-memory"
+    # HOST:PORT[/PREFIX] of a chroma server: the memory opens in shared mode there, one folder for every process
+    # and Ray replica (None: SEEDX_CHROMA if set, else single-process, one folder per Ray replica).
+    chroma: str | None = None
     served_model_name: str | None = None  # the id in /v1/models and the "model" requests name (default: model)
     api_key: str | None = None  # None: no authentication
     max_body_bytes: int = 16 * 1024 * 1024

@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from chroma_helpers import running_chroma
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -89,3 +93,10 @@ def tiny_lvlm():  # type: ignore[no-untyped-def]
     lvlm = SeedXLVLM(config.llm, config.lvlm).eval()
     tokenizer = SeedXTokenizer.tiny()
     return lvlm, TokenIds.from_vocab(tokenizer, config.lvlm.num_image_tokens), tokenizer
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[Any]:
+    """A real chroma server on loopback for one test (``running_chroma``)."""
+    with running_chroma(tmp_path) as server:
+        yield server

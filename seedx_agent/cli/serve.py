@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
         help=f"image memory folder of the chat model (default {defaults.memory_dir})",
     )
     serve.add_argument(
+        "--chroma",
+        default=None,
+        metavar="HOST:PORT",
+        help="chroma server of a memory shared by several processes or Ray replicas (shared mode; default: "
+        "$SEEDX_CHROMA if set, else a single-process memory)",
+    )
+    serve.add_argument(
         "--api-key",
         default=None,
         help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_ENV} if set, else no key)",
@@ -154,6 +161,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
     check_model(args.model)
     check_output_folder(args.memory, "--memory")
+    if args.chroma is not None:
+        from seedx_agent.memory import parse_chroma_address
+
+        parse_chroma_address(args.chroma)  # a malformed address fails here, before any model loads
     if not getattr(args, "ray", False):
         changed = [name for name, default in _RAY_FLAGS.items() if getattr(args, name, default) != default]
         if changed:
@@ -165,6 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return ServeSettings(
         model=args.model,
         memory_dir=args.memory,
+        chroma=args.chroma,
         served_model_name=args.served_model_name,
         api_key=api_key,
         max_body_bytes=args.max_body_bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +38,18 @@ def noise_image(seed: int, size: tuple[int, int] = (20, 12)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8), "RGB")
 
 
-def start_worker(mode: str, root: Path) -> subprocess.Popen[str]:
-    """Start ``memory_worker.py MODE ROOT`` with piped stdin/stdout (text mode)."""
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_worker(mode: str, root: Path, *extra: str) -> subprocess.Popen[str]:
+    """Start ``memory_worker.py MODE ROOT [EXTRA...]`` with piped stdin/stdout (text mode)."""
     environment = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("memory_worker.py")), mode, str(root)],
+        [sys.executable, str(Path(__file__).with_name("memory_worker.py")), mode, str(root), *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
-from memory_helpers import noise_image, solid_image, tiny_image_embedder
+from memory_helpers import free_port, noise_image, solid_image, tiny_image_embedder
 from seedx_agent.memory import (
     ChromaServer,
     EmbeddingMismatchError,
@@ -75,40 +73,6 @@ def test_the_network_guard_is_active(no_network: list[object]) -> None:
     no_network.clear()  # the attempt above was ours; the fixture asserts nothing else tried
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def chroma_server(tmp_path: Path) -> ChromaServer:
-    executable = shutil.which("chroma", path=str(Path(sys.executable).parent))
-    if executable is None:
-        pytest.skip("the chroma CLI is not installed next to this Python")
-    port = _free_port()
-    server = subprocess.Popen(
-        [executable, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin", "ANONYMIZED_TELEMETRY": "False", "HOME": str(tmp_path)},
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("chroma server did not start within 20 s")
-        yield ChromaServer(host="127.0.0.1", port=port, collection_prefix="test-root")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def test_chroma_server_backend(tmp_path: Path, chroma_server: ChromaServer) -> None:
     root = tmp_path / "files"
     with ImageMemory.open(root, image_embedder=tiny_image_embedder, client=chroma_server) as memory:
@@ -122,7 +86,7 @@ def test_chroma_server_backend(tmp_path: Path, chroma_server: ChromaServer) -> N
 
 
 def test_unreachable_chroma_server(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     with pytest.raises(MemoryBackendError, match=f"could not reach the chroma server at http://127.0.0.1:{port}"):
         ImageMemory.open(tmp_path, image_embedder=tiny_image_embedder, client=ChromaServer(host="127.0.0.1", port=port))
     with ImageMemory.open(tmp_path, image_embedder=tiny_image_embedder) as memory:  # the lock was released

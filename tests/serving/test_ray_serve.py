@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from chroma_helpers import running_chroma
 from PIL import Image
 from serving_helpers import free_port
 
@@ -68,10 +69,20 @@ def reference(reference_http: TestClient) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def ray_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API on a local Ray instance: 2 LLM+ViT replicas, 1 de-tokenizer replica (half a CPU each)."""
+def ray_memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
+    """The memory folder the Ray replicas share, and the chroma server holding its records."""
+    folder = tmp_path_factory.mktemp("ray")
+    with running_chroma(folder / "chroma") as server:
+        yield folder / "memory", server
+
+
+@pytest.fixture(scope="module")
+def ray_url(ray_memory: tuple[Path, Any]) -> Iterator[str]:
+    """The API on a local Ray instance: 2 LLM+ViT replicas sharing one memory (shared mode on a chroma server),
+    1 de-tokenizer replica (half a CPU each)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    settings = settings_for(tmp_path_factory.mktemp("ray") / "memory")
+    folder, server = ray_memory
+    settings = replace(settings_for(folder), chroma=f"{server.host}:{server.port}/{server.collection_prefix}")
     options = RayOptions(
         llm_replicas=2,
         llm_actor_options={"num_cpus": 0.5},
@@ -227,6 +238,17 @@ def test_a_client_leaving_mid_stream_does_not_hurt_the_server(ray_url: str, clie
 # ---------------------------------------------------------------------------------------------- no Ray instance
 
 
+def test_the_replicas_share_one_memory_folder(ray_url: str, ray_memory: tuple[Path, Any]) -> None:
+    from seedx_agent.memory.shared import FlockFile
+
+    folder, _ = ray_memory
+    alive = sorted((folder / "journals").glob("*.alive"))
+    assert len(alive) == 2  # one registration per LLM replica, both in the one folder
+    assert not any(folder.parent.glob("memory-llm*"))  # no per-replica folders
+    for path in alive:  # both replicas are live: their registration locks are held
+        assert not FlockFile(path).try_lock(exclusive=True)
+
+
 def test_the_config_file_builds_the_application(monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -258,6 +280,8 @@ def test_options_are_checked_before_ray_starts() -> None:
 
 
 def test_the_cli_flags(tmp_path: Path) -> None:
+    from seedx_agent.memory import InvalidMemoryRequestError
+
     from seedx_agent.cli.serve import ray_options_from_args, register, settings_from_args
     from seedx_agent.errors import ConfigError
 
@@ -272,3 +296,8 @@ def test_the_cli_flags(tmp_path: Path) -> None:
     assert options.detok_actor_options == {"num_cpus": 1, "num_gpus": 0.5}
     with pytest.raises(ConfigError, match="--llm-replicas only apply with --ray"):
         settings_from_args(parser.parse_args([*common, "--llm-replicas", "2"]))
+    assert settings_from_args(parser.parse_args([*common, "--chroma", "10.0.0.5:8001/seedx"])).chroma == (
+        "10.0.0.5:8001/seedx"
+    )
+    with pytest.raises(InvalidMemoryRequestError, match="is not HOST:PORT"):
+        settings_from_args(parser.parse_args([*common, "--chroma", "10.0.0.5"]))

@@ -31,9 +31,10 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         calls["engines"].append(spec)
         return object()
 
-    def open_memory(root: Path, engine: object) -> FakeMemory:
+    def open_memory(root: Path, engine: object, *, chroma: object = None) -> FakeMemory:
         time.sleep(0.05)
         calls["memories"].append(root)
+        calls.setdefault("chroma", []).append(chroma)
         return FakeMemory(root, engine)
 
     monkeypatch.setattr(runtime, "load_engine", load_engine)
@@ -94,3 +95,8 @@ def test_langgraph_entry_points_build_graphs_off_the_event_loop(monkeypatch: pyt
 
     assert asyncio.run(main()) == "graph"
     assert seen and seen[0] != threading.main_thread().name
+
+
+def test_a_chroma_server_reaches_the_memory_opener(loads: dict[str, list], tmp_path: Path) -> None:
+    runtime.shared_engine_and_memory("mini", tmp_path / "m", chroma="127.0.0.1:8001")
+    assert loads["chroma"] == ["127.0.0.1:8001"]
