@@ -3,10 +3,12 @@
 Layout of a memory root::
 
     root/
-      .lock                 lock file (held while an ImageMemory is open)
-      .lock.owner           pid of the holder, for error messages only
+      .lock                 lock file (held while an ImageMemory is open: exclusive, or shared in shared mode)
+      .lock.owner           {"pid", "mode"} of the last holder, for error messages only
+      .write.lock           shared mode: the cross-process write lock (module ``shared``)
       memory.json           manifest: format version and embedding dimensions
-      journal.jsonl         intents of the transaction in flight (empty when idle)
+      journal.jsonl         intents of the transaction in flight (empty when idle; single-process mode)
+      journals/             shared mode: <writer>.jsonl per process and <writer>.alive, locked while it lives
       images/ab/abcd....png content-addressed PNGs (sha256 of the canonical PNG bytes)
       chroma/               chroma's PersistentClient directory
 """

@@ -14,7 +14,8 @@ then the transaction commits in the journal — and ``repair()`` (run on every o
 returned to a caller, so nobody can refer to them), unfinished deletes are finished, records without a file and
 files without a record are removed. One ``add_many`` call is one transaction, however many batches it writes:
 it commits after its last batch, so a failure or a crash part-way leaves none of its records. A second open of
-the same root, from this or another process, is refused with ``MemoryLockedError`` while the first is open.
+the same root, from this or another process, is refused with ``MemoryLockedError`` while the first is open, unless
+every opener uses shared mode (``shared=True`` on a chroma server; module ``shared``).
 
 Search. Scores are cosine similarities; text-search hits below the relevance floor ``min_text_score``
 (``DEFAULT_MIN_TEXT_SCORE``) are dropped, and image-search hits below ``min_image_score`` (off by default).

@@ -169,7 +169,7 @@ def test_condition_latents_are_the_unscaled_posterior_mode(detoks) -> None:
     image = _condition_image()
     latents = detok.encode_condition([image], 32)
     pixels = torch.from_numpy(np.asarray(image.resize((32, 32), Image.BICUBIC), dtype=np.float32))
-    pixels = (pixels.permute(2, 0, 1)[None] / 127.5 - 1.0)  # (1, 3, 32, 32) in [-1, 1]
+    pixels = pixels.permute(2, 0, 1)[None] / 127.5 - 1.0  # (1, 3, 32, 32) in [-1, 1]
     with torch.no_grad():
         mode = detok.vae.encode(pixels).latent_dist.mode()
     assert latents.shape == (1, 4, 16, 16)

@@ -255,8 +255,10 @@ def _reference_perceiver(module: PerceiverResampler, x: torch.Tensor) -> tuple[t
         latents = latents + hidden @ ff[3].weight.T
     hidden = ln(latents, module.norm_out)
     prompt = torch.cat(
-        [hidden @ module.unet_proj_1.weight.T + module.unet_proj_1.bias,
-         hidden @ module.unet_proj_2.weight.T + module.unet_proj_2.bias],
+        [
+            hidden @ module.unet_proj_1.weight.T + module.unet_proj_1.bias,
+            hidden @ module.unet_proj_2.weight.T + module.unet_proj_2.bias,
+        ],
         dim=1,
     )
     pool = module.unet_attnpool

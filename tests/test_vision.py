@@ -149,6 +149,7 @@ def test_official_parameter_count_and_parts() -> None:
     with torch.device("meta"):
         vit = QwenViT(VisionConfig())
     assert sum(p.numel() for p in vit.parameters()) == 1_935_610_624
+
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 

@@ -23,11 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
         ("embed_seedx.py", [], "wrote ", ["generated.png", "edited.png"]),
     ],
 )
-def test_agent_example_runs(script: str, extra: list[str], expected_output: str, expected_files: list[str],
-                            tmp_path: Path) -> None:
+def test_agent_example_runs(
+    script: str, extra: list[str], expected_output: str, expected_files: list[str], tmp_path: Path
+) -> None:
     command = [sys.executable, str(ROOT / "examples" / script), "--model", "tiny-random", "--steps", "1"]
-    done = subprocess.run([*command, "--out", str(tmp_path), *extra], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert expected_output in done.stdout
     for name in expected_files:

@@ -159,7 +159,6 @@ class _ChatSeedXIntegration(ChatModelIntegrationTests):
     ) -> None:
         super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
 
-
     @pytest.mark.xfail(
         reason="the suite times a replayed HTTP cassette (the vcr fixture of pytest-recording, which our pytest "
         "configuration disables because it undoes the test-wide network guard); ChatSeedX makes no HTTP calls",
