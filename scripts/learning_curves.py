@@ -281,9 +281,12 @@ class Fit:
 
 
 def fit_saturating(minutes: Sequence[float], accuracy: Sequence[float]) -> Fit | None:
-    """Least-squares ``a - b t^-c`` with ``a <= 1``: a grid over ``c``, closed-form ``a``, ``b`` for each.
+    """Least-squares ``a - b t^-c`` with ``0 <= a <= 1`` and ``b > 0``: a grid over ``c``, closed-form ``a``, ``b``
+    for each.
 
-    None below ``MIN_FIT_POINTS`` points (three parameters need at least one point more to be a fit)."""
+    None below ``MIN_FIT_POINTS`` points (three parameters need at least one point more to be a fit), and None when
+    no rising curve fits (flat or falling points, e.g. noise around 0 % early in a de-tokenizer's training): such a
+    "fit" would predict nothing but its own noise."""
     points = [(t, y) for t, y in zip(minutes, accuracy) if t > 0]
     if len(points) < MIN_FIT_POINTS:
         return None
@@ -300,6 +303,8 @@ def fit_saturating(minutes: Sequence[float], accuracy: Sequence[float]) -> Fit |
         fit = Fit(a=my - slope * mu, b=-slope, c=c)
         if fit.a > 1.0:  # accuracy saturates at most at 1: the constrained optimum then lies on a = 1
             fit = Fit(a=1.0, b=sum(x * (1.0 - v) for x, v in zip(u, y)) / sum(x * x for x in u), c=c)
+        if fit.b <= 0 or fit.a < 0:  # not a rising curve towards an accuracy in [0, 1]
+            continue
         error = sum((fit(t) - acc) ** 2 for t, acc in points)
         if best is None or error < best[0]:
             best = (error, fit)

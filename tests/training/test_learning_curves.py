@@ -101,6 +101,10 @@ def test_fit_predicts_the_minutes_to_the_bar(curves: ModuleType) -> None:
     flat = curves.fit_saturating(minutes, [0.8 - 0.5 * t**-0.7 for t in minutes])
     assert flat is not None and flat.minutes_to(0.9) is None
     assert curves.fit_saturating([1, 2, 4], [0.1, 0.2, 0.3]) is None  # three points: no fit
+    # Near-zero noise (a de-tokenizer's first points) and falling points have no rising fit: no asymptote, no
+    # prediction (an unconstrained fit gave an asymptote of -519 % on such points).
+    assert curves.fit_saturating([2.0, 4.0, 6.8, 9.7], [0.03, 0.06, 0.0, 0.0]) is None
+    assert curves.fit_saturating(minutes, [0.5 + 0.3 * t**-0.5 for t in minutes]) is None
     capped = curves.fit_saturating(minutes, [min(1.0, 1.2 - 0.5 * t**-0.3) for t in minutes])
     assert capped is not None and capped.a == 1.0
 
