@@ -60,7 +60,7 @@ __all__ = [
 HAS_FLOCK = fcntl is not None
 DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds a shared-mode process waits for the write lock (or for the first opener's repair) before giving up."""
-_POLL_SECONDS = 0.02
+_FIRST_POLL_SECONDS, _POLL_SECONDS = 0.0005, 0.01  # flock has no timeout: poll, backing off from 0.5 to 10 ms
 JOURNALS = "journals"
 
 
@@ -104,6 +104,7 @@ class FlockFile:
     def lock(self, *, exclusive: bool, timeout: float, what: str) -> None:
         """Take the lock, polling up to ``timeout`` seconds; ``MemoryLockedError`` naming ``what`` after that."""
         deadline = time.monotonic() + timeout
+        pause = _FIRST_POLL_SECONDS
         while not self.try_lock(exclusive=exclusive):
             if time.monotonic() >= deadline:
                 raise MemoryLockedError(
@@ -111,7 +112,8 @@ class FlockFile:
                     "be stuck: stop it, or raise lock_timeout= of ImageMemory.open",
                     root=self.path.parent,
                 )
-            time.sleep(_POLL_SECONDS)
+            time.sleep(pause)  # short first: a write section lasts tens of ms, and a late wake-up is lost time
+            pause = min(2 * pause, _POLL_SECONDS)
 
     def still_linked(self) -> bool:
         """True when the path still names the file we locked (another process may have unlinked it meanwhile)."""
