@@ -160,8 +160,8 @@ class ImageMemory:
         self.min_image_score = min_image_score
         self.namespace_fast_path = not self.shared
         """Namespace-filtered searches use the namespace index (fast); False always asks chroma's metadata filter,
-        the reference path (the benchmark and the tests compare the two). Off in shared mode: this process's index
-        and cache would not see the other processes' writes."""
+        the reference path (the benchmark and the tests compare the two). Always off in shared mode: this process's
+        index and cache would not see the other processes' writes."""
         self._index = NamespaceIndex()
         self.vector_cache = VectorCache(0 if self.shared else vector_cache_bytes)
         """Unit vectors of the namespaces searched lately (module ``vector_cache``); ``vector_cache.max_bytes``
@@ -792,7 +792,7 @@ class ImageMemory:
         ``where`` does.
         """
         collection = self._visual if which == NamespaceIndex.VISUAL else self._text
-        if namespace is not None and where is None and self.namespace_fast_path:
+        if namespace is not None and where is None and self.namespace_fast_path and not self.shared:
             hits = self._search_namespace(collection, which, query_vector, k, namespace, floor, exclude)
             if hits is not None:
                 return hits

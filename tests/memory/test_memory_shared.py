@@ -46,6 +46,7 @@ def test_two_opens_in_one_process_share_and_see_each_others_writes(
         assert first.shared and not first.namespace_fast_path and first.vector_cache.max_bytes == 0
         record = first.add(noise_image(1), kind="input", namespace="u/a", prompt="a lighthouse at dusk")
         assert second.get(record.id) == record
+        second.namespace_fast_path = True  # ignored in shared mode: its in-process index never saw this add
         assert [hit.record.id for hit in second.search_text("lighthouse", namespace="u")] == [record.id]
         assert [hit.record.id for hit in second.search_image(noise_image(1), k=1, namespace="u/a")] == [record.id]
         second.delete(record.id)  # the file goes: nothing else references it
