@@ -134,12 +134,13 @@ def per_call(root: Path, server: ChromaServer, small_ids: list[str], runs: int, 
     return table
 
 
-def _writer(root: str, server: dict[str, Any], count: int, seed: int, start_at: float, out: Any) -> None:
-    """One shared-mode process adding ``count`` pictures from ``start_at`` (wall clock) on; sends its seconds."""
+def _writer(root: str, server: dict[str, Any], count: int, seed: int, start: Any, out: Any) -> None:
+    """One shared-mode process: open, say "ready", add ``count`` pictures once ``start`` is set; sends its seconds."""
     rng = np.random.default_rng(seed)
     batch = pictures(rng, count)
     with open_memory(Path(root), ChromaServer(**server), shared=True, seed=seed) as memory:
-        time.sleep(max(0.0, start_at - time.time()))
+        out.send("ready")
+        start.wait()
         began = time.perf_counter()
         for index, picture in enumerate(batch):
             memory.add(picture, kind="generated", namespace=f"writers/{seed}", prompt=f"writer {seed} {index}")
@@ -152,16 +153,19 @@ def throughput(root: Path, server: ChromaServer, adds: int) -> dict[str, float]:
     results: dict[str, float] = {}
     for label, writers in (("1 process", [2 * adds]), ("2 processes", [adds, adds])):
         pipes, processes = [], []
-        start_at = time.time() + 8.0  # both open (imports, repair) before either starts adding
+        start = context.Event()  # set once every writer has opened the memory (imports and repair done)
         for number, count in enumerate(writers):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
                 target=_writer,
-                args=(str(root), server.model_dump(), count, 1000 + number + 10 * len(writers), start_at, send),
+                args=(str(root), server.model_dump(), count, 1000 + number + 10 * len(writers), start, send),
             )
             process.start()
             pipes.append(receive)
             processes.append(process)
+        if any(pipe.recv() != "ready" for pipe in pipes):
+            raise SystemExit("a writer process did not open the memory")
+        start.set()
         seconds = [pipe.recv() for pipe in pipes]
         for process in processes:
             process.join(timeout=60)

@@ -695,6 +695,9 @@ class ModelBackend(Protocol):
     async def stop(self) -> None:
         """Release it (at app shutdown)."""
 
+    async def ready(self) -> str | None:
+        """None when requests can be served now, else what is still missing (``/health`` answers 503 with it)."""
+
     async def complete(self, chat: _ChatInput) -> tuple[Any, dict[str, int], int]:
         """(reply ``AIMessage``, OpenAI usage, the answer's token budget) of a non-streamed completion."""
 
@@ -728,6 +731,10 @@ class LocalBackend:
     async def stop(self) -> None:
         """Stop the worker threads (queued work is cancelled)."""
         self.workers.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def ready(self) -> str | None:
+        """Ready once ``start`` has loaded the model (the app only accepts connections after that)."""
+        return None if self.service is not None else "the model is loading"
 
     def _service(self) -> SeedXService:
         assert self.service is not None, "the backend is not started"
@@ -832,8 +839,12 @@ def create_app(
 
     # -- plain endpoints -----------------------------------------------------------------------------------
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.model_id}
+    async def health() -> JSONResponse:
+        """Readiness: 200 once every part of the backend can serve, 503 (with what is missing) before."""
+        missing = await model_backend.ready()
+        if missing is not None:
+            return JSONResponse({"status": "starting", "model": settings.model_id, "detail": missing}, status_code=503)
+        return JSONResponse({"status": "ok", "model": settings.model_id})
 
     def model_card() -> dict[str, Any]:
         return {"id": settings.model_id, "object": "model", "created": state["created"], "owned_by": "seedx-agent"}

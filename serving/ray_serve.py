@@ -91,6 +91,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 APP_NAME = "seedx"
+READY_TIMEOUT_S = 2.0  # how long /health waits for each deployment's ping
 _VARIANTS = ("seed-x-i", "seed-x-edit")  # what ``seedx-agent serve`` loads (runtime.load_engine)
 _MEMORY_SLOTS = 256
 
@@ -281,6 +282,10 @@ class SeedXLLM:
         self.workers = _Workers(settings.workers, settings.max_pending)
         logger.info("SeedXLLM replica ready (%.1f s)", time.perf_counter() - started)
 
+    def ping(self) -> bool:
+        """Readiness probe of the ingress's ``/health``: answered once a replica has loaded its model."""
+        return True
+
     async def complete(self, chat: _ChatInput) -> tuple[Any, dict[str, int], int]:
         """(reply, usage, token budget) of a non-streamed completion."""
         reply, usage = await self.workers.run(self.service.complete, chat)
@@ -365,6 +370,10 @@ class SeedXDetokenizer:
             raise outcome
         return outcome
 
+    def ping(self) -> bool:
+        """Readiness probe of the ingress's ``/health``: answered once a replica has loaded its model."""
+        return True
+
     def stats(self) -> dict[str, Any]:
         """The last batches run by this replica and the requests in each (tests and monitoring)."""
         return {"batches": len(self.batches), "requests_per_batch": list(self.batches)}
@@ -439,6 +448,17 @@ class RayBackend:
 
     async def stop(self) -> None:
         """Nothing to release here."""
+
+    async def ready(self) -> str | None:
+        """None when a replica of each deployment answers a ping within ``READY_TIMEOUT_S``, else which do not
+        (still loading, or never scheduled: e.g. more CPUs or GPUs asked for than the cluster has)."""
+        missing = []
+        for name, handle in (("SeedXLLM", self.llm), ("SeedXDetokenizer", self.detokenizer)):
+            try:
+                await asyncio.wait_for(handle.ping.remote(), READY_TIMEOUT_S)
+            except Exception:  # timeout, no replica yet, replica dead: all mean "not ready"
+                missing.append(name)
+        return f"no running replica of {', '.join(missing)} yet" if missing else None
 
     async def _call(self, response: Any) -> Any:
         """Await a deployment call, with its errors as ``ApiError``."""
@@ -584,6 +604,8 @@ def run_ray(
         ray.init(address=address)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if local:  # a cluster may autoscale; a local instance has what it has
+            check_resources(options, ray.cluster_resources())
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(settings, options), name=APP_NAME, route_prefix="/", blocking=False)
         logger.info("serving %r on http://%s:%d (Ray Serve, %s)", settings.model_id, host, port, asdict(options))
@@ -592,12 +614,49 @@ def run_ray(
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if local:
-            serve.shutdown()
-            ray.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        # A second Ctrl-C/SIGTERM (``timeout -s INT`` signals the whole group) must not cut the shutdown short.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if local:
+                logger.info("stopping Ray Serve and the local Ray instance")
+                serve.shutdown()
+                ray.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def check_resources(options: RayOptions, available: dict[str, float]) -> None:
+    """``ConfigError`` when the deployments ask for more CPUs or GPUs than ``available`` (Ray's
+    ``cluster_resources()``) holds: Ray would otherwise wait forever to schedule the replicas that do not fit."""
+    wanted: dict[str, float] = {}
+    parts: dict[str, list[str]] = {}
+    for label, replicas, actor in (
+        ("LLM", options.llm_replicas, options.llm_actor_options),
+        ("de-tokenizer", options.detok_replicas, options.detok_actor_options),
+        ("ingress", options.ingress_replicas, options.ingress_actor_options),
+    ):
+        for resource, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+            each = float(actor.get(key, 1 if key == "num_cpus" else 0))
+            if each:
+                wanted[resource] = wanted.get(resource, 0.0) + replicas * each
+                parts.setdefault(resource, []).append(f"{replicas} {label} x {each:g}")
+    for resource, total in wanted.items():
+        have = float(available.get(resource, 0.0))
+        if total > have + 1e-9:
+            fix = (
+                "--replica-cpus 0.5 (several replicas per core), fewer replicas"
+                if resource == "CPU"
+                else "fewer --llm-gpus/--detok-gpus (fractions share a GPU), fewer replicas"
+            )
+            raise ConfigError(
+                f"the deployments ask for {total:g} {resource}s ({' + '.join(parts[resource])}) but this Ray "
+                f"instance has {have:g}: Ray would never schedule the rest. Pass {fix}, or join a larger cluster "
+                "(--ray-address)"
+            )
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:

@@ -171,3 +171,47 @@ def test_bench_end_to_end_score_resumes_and_intervals(tmp_path):
     assert bench.wilson(0, 10)[0] == 0.0 and bench.wilson(10, 10)[1] == 1.0
     diff = bench.paired_difference([1, 1, 0, 0], [1, 0, 0, 1])
     assert diff["mean"] == 0.0 and diff["low"] < 0 < diff["high"]
+
+
+# -- benchmarks/bench_serving.py (issue 25) ------------------------------------------------------------------------
+def test_bench_serving_quick_single_server_writes_every_cell(tmp_path):
+    """``--quick``: the single-process server on tiny-random, 1 and 2 clients, 4 chat requests each."""
+    out = tmp_path / "serving.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "benchmarks.bench_serving", "--quick", "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "CPU: " in result.stdout and "| single | 2 |" in result.stdout and "load average after" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["model"] == "tiny-random" and data["concurrency"] == [1, 2] and list(data["servers"]) == ["single"]
+    assert data["machine"]["cpu_count"] >= 1 and data["machine"]["torch"]
+    single = data["servers"]["single"]
+    assert single["server"]["env"]["OMP_NUM_THREADS"] == "1" and single["server"]["stop"]["left_in_session"] == []
+    cells = single["results"]["chat"]
+    for clients in ("1", "2"):
+        row = cells[clients]
+        assert row["concurrency"] == int(clients) and row["requests"] == row["completed"] == 4
+        assert row["errors"] == 0 and row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p95_ms"]
+    assert cells["warmup_errors"] == 0 and data["ray_cleanup"]["left_after_stop"] == []
+
+
+# -- benchmarks/bench_shared_memory.py (issue 25) ------------------------------------------------------------------
+def test_bench_shared_memory_smoke_times_both_modes_and_two_writers(tmp_path):
+    """``--smoke``: 200 records on a real chroma server; both modes per operation, then 1 and 2 writer processes."""
+    out = tmp_path / "shared.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "benchmarks.bench_shared_memory", "--smoke", "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| add (1 picture) |" in result.stdout and "2 processes / 1 process:" in result.stdout
+    data = json.loads(out.read_text())
+    assert set(data["per_call"]) == {
+        "add (1 picture)",
+        "search_text, unfiltered",
+        "search_text, 1 % namespace",
+        "search_image by id, 1 % namespace",
+    }
+    for modes in data["per_call"].values():
+        assert set(modes) == {"single", "shared"}
+        assert all(0 < mode["p50_ms"] <= mode["p95_ms"] for mode in modes.values())
+    assert data["adds_per_s"]["1 process"] > 0 and data["adds_per_s"]["2 processes"] > 0

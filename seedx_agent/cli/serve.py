@@ -108,6 +108,18 @@ def register(subparsers: Any) -> None:
     scale.add_argument("--llm-gpus", type=_gpus, default=0.0, help="GPUs per LLM+ViT replica (default 0: CPU)")
     scale.add_argument("--detok-gpus", type=_gpus, default=0.0, help="GPUs per de-tokenizer replica (default 0: CPU)")
     scale.add_argument(
+        "--replica-cpus",
+        type=_cpus,
+        default=1.0,
+        help="CPUs Ray reserves per LLM or de-tokenizer replica (default 1; 0.5 fits two replicas per core)",
+    )
+    scale.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads per replica (default: Ray's, 1 per reserved CPU)",
+    )
+    scale.add_argument(
         "--max-batch-size",
         type=positive_int,
         default=8,
@@ -123,7 +135,20 @@ _RAY_FLAGS = {
     "llm_gpus": 0.0,
     "detok_gpus": 0.0,
     "max_batch_size": 8,
+    "replica_cpus": 1.0,
+    "threads": None,
 }
+
+
+def _cpus(text: str) -> float:
+    """CPUs per replica: a number > 0 (fractions pack several replicas on a core)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of CPUs > 0, got {text!r}") from None
+    if not 0 < value <= 1024:
+        raise argparse.ArgumentTypeError(f"expected a number of CPUs in (0, 1024], got {text!r}")
+    return value
 
 
 def _gpus(text: str) -> float:
@@ -141,8 +166,10 @@ def ray_options_from_args(args: argparse.Namespace) -> Any:
     """``ray_serve.RayOptions`` from the ``--ray`` flags (imports Ray)."""
     from seedx_agent.serving.ray_serve import RayOptions
 
+    cpus = args.replica_cpus
+
     def actor(gpus: float) -> dict[str, Any]:
-        return {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
+        return {"num_cpus": cpus, "num_gpus": gpus} if gpus else {"num_cpus": cpus}
 
     return RayOptions(
         llm_replicas=args.llm_replicas,
@@ -150,6 +177,7 @@ def ray_options_from_args(args: argparse.Namespace) -> Any:
         llm_actor_options=actor(args.llm_gpus),
         detok_actor_options=actor(args.detok_gpus),
         max_batch_size=args.max_batch_size,
+        torch_threads=args.threads,
     )
 
 

@@ -10,6 +10,7 @@ sides run torch with one thread: CPU fp32 results depend on the thread count.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import os
@@ -269,6 +270,58 @@ def test_the_config_file_builds_the_application(monkeypatch: pytest.MonkeyPatch)
         app_builder({"model": "mini", "num_replicas": 2})
 
 
+def test_resources_that_do_not_fit_a_local_instance_are_refused() -> None:
+    from seedx_agent.serving.ray_serve import check_resources
+
+    from seedx_agent.errors import ConfigError
+
+    two_cpus = {"CPU": 2.0, "memory": 1e10}
+    with pytest.raises(
+        ConfigError, match=r"ask for 3 CPUs \(2 LLM x 1 \+ 1 de-tokenizer x 1\) but this Ray instance has 2"
+    ):
+        check_resources(RayOptions(llm_replicas=2), two_cpus)
+    half = {"num_cpus": 0.5}
+    check_resources(RayOptions(llm_replicas=2, llm_actor_options=half, detok_actor_options=half), two_cpus)
+    gpus = {"num_cpus": 0.5, "num_gpus": 1}
+    with pytest.raises(ConfigError, match=r"ask for 2 GPUs .* has 0.*--llm-gpus"):
+        check_resources(RayOptions(llm_replicas=2, llm_actor_options=gpus, detok_actor_options=half), two_cpus)
+
+
+class _Handle:
+    """A deployment handle whose ``ping`` answers at once or never (a replica not scheduled yet)."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+        self.ping = self
+
+    def remote(self) -> Any:
+        async def answer() -> bool:
+            if not self.running:
+                await asyncio.sleep(3600)
+            return True
+
+        return answer()
+
+
+def test_health_is_503_until_every_deployment_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedx_agent.serving import ray_serve
+
+    monkeypatch.setattr(ray_serve, "READY_TIMEOUT_S", 0.05)
+    settings = ServeSettings(model=MODEL)
+    starting = ray_serve.RayBackend(settings, _Handle(running=True), _Handle(running=False))
+    with TestClient(create_app(settings, backend=starting)) as http:
+        answer = http.get("/health")
+        assert answer.status_code == 503
+        assert answer.json() == {
+            "status": "starting",
+            "model": MODEL,
+            "detail": "no running replica of SeedXDetokenizer yet",
+        }
+    running = ray_serve.RayBackend(settings, _Handle(running=True), _Handle(running=True))
+    with TestClient(create_app(settings, backend=running)) as http:
+        assert http.get("/health").json() == {"status": "ok", "model": MODEL}
+
+
 def test_options_are_checked_before_ray_starts() -> None:
     from seedx_agent.errors import ConfigError
 
@@ -294,6 +347,11 @@ def test_the_cli_flags(tmp_path: Path) -> None:
     assert (options.llm_replicas, options.detok_replicas) == (2, 1)
     assert options.llm_actor_options == {"num_cpus": 1, "num_gpus": 1.0}
     assert options.detok_actor_options == {"num_cpus": 1, "num_gpus": 0.5}
+    options = ray_options_from_args(parser.parse_args([*common, "--ray", "--replica-cpus", "0.5", "--threads", "2"]))
+    assert options.llm_actor_options == options.detok_actor_options == {"num_cpus": 0.5}
+    assert options.torch_threads == 2
+    with pytest.raises(ConfigError, match="--replica-cpus only apply with --ray"):
+        settings_from_args(parser.parse_args([*common, "--replica-cpus", "0.5"]))
     with pytest.raises(ConfigError, match="--llm-replicas only apply with --ray"):
         settings_from_args(parser.parse_args([*common, "--llm-replicas", "2"]))
     assert settings_from_args(parser.parse_args([*common, "--chroma", "10.0.0.5:8001/seedx"])).chroma == (
