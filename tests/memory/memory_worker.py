@@ -51,7 +51,7 @@ def _guard_network() -> None:
     socket.socket.connect = guarded  # type: ignore[method-assign]
 
 
-PORT = int(sys.argv[3]) if len(sys.argv) > 3 else None
+PORT: int | None = None  # set by main() from argv (the tests also import this module for its constants)
 
 
 def _open(root: str, embedder: object = tiny_image_embedder) -> ImageMemory:
@@ -62,8 +62,10 @@ def _open(root: str, embedder: object = tiny_image_embedder) -> ImageMemory:
 
 
 def main() -> int:
+    global PORT
     _guard_network()
     mode, root = sys.argv[1], sys.argv[2]
+    PORT = int(sys.argv[3]) if len(sys.argv) > 3 else None
     if mode == "mix":
         return _mix(root, int(sys.argv[4]), sys.argv[5], sys.argv[6])
     if mode == "try-open":
