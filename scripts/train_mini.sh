@@ -6,7 +6,7 @@
 # schedule); `seedx-agent train mini` alone trains the same totals with one cosine per stage.
 # Then two continuations, one thread each (2026-12-05): three rounds of de-tokenizer training
 # (scripts/continue_detokenizers.py) and three rounds of image-heavy LLM tuning (scripts/continue_llm.py).
-# Usage: scripts/train_mini.sh [RUN_DIR]   (default runs/mini); the final model lands in RUN_DIR/llm3/model
+# Usage: scripts/train_mini.sh [RUN_DIR]   (default runs/mini); the final model lands in RUN_DIR/llm4/model
 # (RUN_DIR/model is the model `seedx-agent train mini` alone gives).
 set -euo pipefail
 RUN=${1:-runs/mini}
@@ -40,3 +40,8 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" scripts/continue_llm.py "$RUN/llm2" --model "$RUN/llm1/model" --steps 1200 --lr 1e-3 --data-seed 1 --threads 1
 "$PY" scripts/continue_llm.py "$RUN/llm3" --model "$RUN/llm2/model" --steps 1200 --lr 1e-3 --data-seed 2 --threads 1 \
   --weights caption=0.1,vqa=0.15,grounding=0.15,text_to_image=0.2,edit=0.4
+# Comprehension tuning (2026-12-06, issue 22's sized run): one more fresh LoRA at the rate the learning curves
+# favour (3e-4), weighted towards caption/VQA/grounding; 28 min of one thread. The bundle is RUN/llm4/model
+# (only its LLM differs from llm3's).
+"$PY" scripts/continue_llm.py "$RUN/llm4" --model "$RUN/llm3/model" --steps 2400 --lr 3e-4 --data-seed 3 --threads 1 \
+  --weights caption=0.25,vqa=0.25,grounding=0.25,text_to_image=0.125,edit=0.125

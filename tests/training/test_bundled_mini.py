@@ -15,9 +15,10 @@ from seedx_agent.miniature.eval_model import evaluate_model
 from seedx_agent.model import SeedX
 from seedx_agent.weights.loading import bundled_mini_path
 
-# (task, metric) -> floor on the first N held-out samples (seed 0), about two samples under what the bundled
-# weights measured there: VQA 68.8 %, grounding hit 43.8 %, reconstruction 93.8 %, text-to-image 93.8 %,
-# editing 50 % (all_ok: every attribute right).
+# (task, metric) -> floor on the first N held-out samples (seed 0), one to two samples under what the bundled
+# weights measured there: VQA 62.5 %, grounding hit 37.5 %, reconstruction 93.8 %, text-to-image 87.5 %,
+# editing 50 % (all_ok: every attribute right). On 16 samples the comprehension-tuned bundle (2026-12-06) scores
+# a sample or two under the previous one (68.8 / 43.8 / 93.8 / 93.8 / 50 %), and above it on 200 (README).
 N = 16
 FLOORS = {
     ("vqa", "accuracy"): 0.56,
