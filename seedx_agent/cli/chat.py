@@ -188,6 +188,25 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
+CHROMA_HELP = (
+    "chroma server HOST:PORT[/PREFIX] of a memory shared with other processes, e.g. a server beside this command "
+    "(shared mode; default: $SEEDX_CHROMA if set, else a memory of this process alone)"
+)
+
+
+def add_chroma_flag(parser: argparse.ArgumentParser) -> None:
+    """``--chroma HOST:PORT``: open the image memory in shared mode on that chroma server."""
+    parser.add_argument("--chroma", default=None, metavar="HOST:PORT", help=CHROMA_HELP)
+
+
+def check_chroma(address: str | None) -> None:
+    """A malformed ``--chroma`` address fails here, before any model loads (``InvalidMemoryRequestError``)."""
+    if address is not None:
+        from seedx_agent.memory import parse_chroma_address
+
+        parse_chroma_address(address)
+
+
 def check_output_folder(path: str | Path, flag: str) -> Path:
     """``path`` (``~`` expanded) when it is a folder or can be created as one, else a ConfigError naming ``flag``.
 
@@ -232,6 +251,7 @@ def check_planner(spec: str | None) -> None:
 
 def _add_memory_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", default=_DEFAULT_MEMORY, help=f"image memory folder (default {_DEFAULT_MEMORY})")
+    add_chroma_flag(parser)
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -526,6 +546,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     check_namespace(args.namespace)
     check_model(args.model)
     check_output_folder(args.memory, "--memory")
+    check_chroma(args.chroma)
     pictures_dir = check_output_folder(args.out if args.out else _DEFAULT_PICTURES, "--out")
     if args.checkpoints:
         check_file_folder(args.checkpoints, "--checkpoints")
@@ -543,7 +564,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from seedx_agent.tools import make_seedx_tools
 
     engine = load_engine(args.model)
-    with open_memory(args.memory, engine) as memory:
+    with open_memory(args.memory, engine, chroma=args.chroma) as memory:
         show = _progress_printer(args.quiet, memory)
         options: dict[str, Any] = {}
         if args.planner_script:
@@ -730,10 +751,16 @@ def cmd_memory(args: argparse.Namespace) -> int:
         if image_id is not None:
             validate_image_id(image_id)
     out = check_output_folder(args.out, "--out") if args.action == "export" else None
+    check_chroma(args.chroma)
     root = Path(args.memory).expanduser()
     if not root.is_dir():
         raise ConfigError(f"no image memory at {str(root)!r}; pass --memory DIR of an existing memory")
-    with ImageMemory.open(root, image_embedder=_no_image_embedder) as memory:
+    from seedx_agent.graphs.runtime import chroma_from_env
+    from seedx_agent.memory import parse_chroma_address
+
+    server = parse_chroma_address(args.chroma) if args.chroma else chroma_from_env()
+    shared = {} if server is None else {"client": server, "shared": True}
+    with ImageMemory.open(root, image_embedder=_no_image_embedder, **shared) as memory:
         if args.action == "list":
             where = {"kind": args.kind} if args.kind else None
             for record in memory.find(where, namespace=args.namespace, limit=args.limit):

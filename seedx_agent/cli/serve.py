@@ -20,7 +20,7 @@ API_KEY_ENV = "SEEDX_API_KEY"
 
 def register(subparsers: Any) -> None:
     """Add ``serve`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from seedx_agent.cli.chat import MODEL_HELP, add_steps_flag, positive_int
+    from seedx_agent.cli.chat import MODEL_HELP, add_chroma_flag, add_steps_flag, positive_int
     from seedx_agent.serving.settings import ServeSettings
 
     defaults = ServeSettings()
@@ -40,13 +40,7 @@ def register(subparsers: Any) -> None:
         default=defaults.memory_dir,
         help=f"image memory folder of the chat model (default {defaults.memory_dir})",
     )
-    serve.add_argument(
-        "--chroma",
-        default=None,
-        metavar="HOST:PORT",
-        help="chroma server of a memory shared by several processes or Ray replicas (shared mode; default: "
-        "$SEEDX_CHROMA if set, else a single-process memory)",
-    )
+    add_chroma_flag(serve)
     serve.add_argument(
         "--api-key",
         default=None,
@@ -183,16 +177,13 @@ def ray_options_from_args(args: argparse.Namespace) -> Any:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """``ServeSettings`` from parsed arguments, after the cheap checks (no model is loaded here)."""
-    from seedx_agent.cli.chat import check_model, check_output_folder
+    from seedx_agent.cli.chat import check_chroma, check_model, check_output_folder
     from seedx_agent.errors import ConfigError
     from seedx_agent.serving.settings import ServeSettings
 
     check_model(args.model)
     check_output_folder(args.memory, "--memory")
-    if args.chroma is not None:
-        from seedx_agent.memory import parse_chroma_address
-
-        parse_chroma_address(args.chroma)  # a malformed address fails here, before any model loads
+    check_chroma(args.chroma)  # a malformed address fails here, before any model loads
     if not getattr(args, "ray", False):
         changed = [name for name, default in _RAY_FLAGS.items() if getattr(args, name, default) != default]
         if changed:

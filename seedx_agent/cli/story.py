@@ -19,7 +19,9 @@ from typing import Any
 
 from seedx_agent.cli.chat import (
     MODEL_HELP,
+    add_chroma_flag,
     add_steps_flag,
+    check_chroma,
     check_model,
     check_namespace,
     check_output_folder,
@@ -59,6 +61,7 @@ def _common(parser: argparse.ArgumentParser, default_out: str, *, steps_alias: b
         "(an importable chat model or factory); default: world for mini/tiny-random, else seedx",
     )
     parser.add_argument("--memory", default=None, help="image memory folder (default OUT/memory)")
+    add_chroma_flag(parser)
     parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed; picture i uses seed + i")
     add_steps_flag(parser, steps_alias=steps_alias)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -119,6 +122,7 @@ def _check(args: argparse.Namespace) -> None:
     check_output_folder(args.out, "--out")
     if args.memory:
         check_output_folder(args.memory, "--memory")
+    check_chroma(args.chroma)
     check_namespace(getattr(args, "namespace", None))
 
 
@@ -131,7 +135,7 @@ def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any, Any, Path]]:
     out = Path(args.out).expanduser()
     engine = load_engine(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    with open_memory(Path(args.memory) if args.memory else out / "memory", engine) as memory:
+    with open_memory(Path(args.memory) if args.memory else out / "memory", engine, chroma=args.chroma) as memory:
         yield engine, memory, load_planner(args.planner or default_planner(args.model), engine, memory), out
 
 

@@ -21,7 +21,7 @@ _DEFAULT_MEMORY = "~/.cache/seedx-agent/memory"  # same as seedx_agent.graphs.ru
 
 def register(subparsers: Any) -> None:
     """Add ``ui`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from seedx_agent.cli.chat import MODEL_HELP, add_steps_flag
+    from seedx_agent.cli.chat import MODEL_HELP, add_chroma_flag, add_steps_flag
 
     ui = subparsers.add_parser(
         "ui",
@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
     ui.add_argument("--model", default="mini", help=MODEL_HELP)
     add_steps_flag(ui)
     ui.add_argument("--memory", default=_DEFAULT_MEMORY, help=f"image memory folder (default {_DEFAULT_MEMORY})")
+    add_chroma_flag(ui)
     ui.add_argument(
         "--out",
         default=DEFAULT_OUT,
@@ -57,10 +58,18 @@ def register(subparsers: Any) -> None:
 def check_ui_args(args: argparse.Namespace) -> None:
     """The cheap checks, before Gradio is imported or the model loads (each failure is one ``ConfigError``)."""
     from seedx_agent import ConfigError
-    from seedx_agent.cli.chat import check_model, check_namespace, check_output_folder, check_planner, check_text
+    from seedx_agent.cli.chat import (
+        check_chroma,
+        check_model,
+        check_namespace,
+        check_output_folder,
+        check_planner,
+        check_text,
+    )
 
     check_model(args.model)
     check_output_folder(args.memory, "--memory")
+    check_chroma(args.chroma)
     check_output_folder(args.out, "--out")
     check_planner(args.planner)
     check_namespace(args.namespace)
@@ -96,7 +105,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from seedx_agent.graphs.runtime import load_engine, open_memory
 
     engine = load_engine(args.model)
-    with open_memory(args.memory, engine) as memory:
+    with open_memory(args.memory, engine, chroma=args.chroma) as memory:
         blocks = build_ui(
             engine,
             memory,

@@ -318,6 +318,7 @@ def _no_loading(*args: object, **kwargs: object) -> None:
         ),
         (["--script", "{tmp}/missing.json"], "error: chat script '{tmp}/missing.json' is not a readable JSON file"),
         (["--model", "{tmp}/no-model"], "error: --model '{tmp}/no-model' does not exist: pass an existing checkpoint"),
+        (["--chroma", "localhost"], "error: chroma server address 'localhost' is not HOST:PORT"),
     ],
 )
 def test_chat_checks_its_arguments_before_loading_the_model(

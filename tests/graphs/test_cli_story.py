@@ -97,6 +97,7 @@ def test_diffusion_steps_are_num_inference_steps_everywhere() -> None:
         (["refine", "x", "--planner", "no_such_module_here:make"], "no importable module 'no_such_module_here'"),
         (["refine", "x", "--namespace", "bad ns "], "--namespace 'bad ns ' is malformed"),
         (["story", "  "], "give the premise as the first argument"),
+        (["slides", "x", "--chroma", "chroma.internal"], "chroma server address 'chroma.internal' is not HOST:PORT"),
     ],
 )
 def test_bad_arguments_fail_before_the_model_loads(

@@ -298,6 +298,7 @@ def ui_args(**changes: Any) -> Any:
         "namespace": "user:local/ui",
         "host": "127.0.0.1",
         "port": free_port(),
+        "chroma": None,
     }
     return argparse.Namespace(**{**values, **changes})
 
@@ -316,6 +317,7 @@ def test_cli_checks_arguments_before_loading(monkeypatch: pytest.MonkeyPatch, tm
         ({"planner": "no_such_module:Planner"}, "no importable module 'no_such_module'"),
         ({"memory": __file__}, "is a file, not a folder"),
         ({"namespace": "a//b"}, "namespace 'a//b' is malformed"),
+        ({"chroma": "chroma.internal"}, "chroma server address 'chroma.internal' is not HOST:PORT"),
     ]:
         with pytest.raises(SeedXError, match=message):  # ConfigError, or the memory's own namespace error
             check_ui_args(ui_args(**changes))
