@@ -135,6 +135,20 @@ class ContentStore:
             pass  # not empty (or already gone): fine
         _fsync_directory(path.parent if path.parent.exists() else self.directory)
 
+    @staticmethod
+    def is_temp(path: Path) -> bool:
+        """True for the temporary file of an atomic write (``atomic_write_bytes``), left behind if it was cut short."""
+        return path.name.endswith(TEMP_SUFFIX) and path.is_file()
+
+    def remove_temp_files(self) -> int:
+        """Delete the temporary files of interrupted writes; how many. Only while no live writer can be mid-write."""
+        removed = 0
+        for path, content_hash in self.scan():
+            if content_hash is None and self.is_temp(path):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def scan(self) -> Iterator[tuple[Path, str | None]]:
         """Every file under the directory with its content hash, or None for temp files and foreign files."""
         if not self.directory.is_dir():

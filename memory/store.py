@@ -63,7 +63,7 @@ from .errors import (
     MemoryClosedError,
     UnknownImageError,
 )
-from .files import TEMP_SUFFIX, CanonicalImage, ContentStore, Journal, RootLock, atomic_write_bytes, canonical_image
+from .files import CanonicalImage, ContentStore, Journal, RootLock, atomic_write_bytes, canonical_image
 from .namespace_index import NamespaceIndex, Which, in_namespace
 from .records import (
     IMAGE_KINDS,
@@ -964,6 +964,10 @@ class ImageMemory:
                         if self._files.exists(content_hash) and not self._hash_referenced(content_hash):
                             self._files.remove(content_hash)
                             counts["orphan_files"] += 1
+                    # A writer killed inside a file write leaves a temp file no intent names (files come before
+                    # the intent). Live writers only write files under the write lock we hold, so every temp file
+                    # is a dead writer's.
+                    counts["temp_files"] = self._files.remove_temp_files() if dead else 0
                 for journal in journals:
                     if journal is self._journal or journal.path.name == SINGLE_JOURNAL:
                         journal.commit()
@@ -1006,7 +1010,7 @@ class ImageMemory:
                 if content_hash not in referenced:
                     self._files.remove(content_hash)
                     counts["orphan_files"] += 1
-            elif path.name.endswith(TEMP_SUFFIX) and path.is_file():
+            elif self._files.is_temp(path):
                 path.unlink(missing_ok=True)
                 counts["temp_files"] += 1
             else:

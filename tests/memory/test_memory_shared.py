@@ -250,3 +250,21 @@ def test_the_runtime_opens_shared_when_seedx_chroma_is_set(
     monkeypatch.delenv(runtime.CHROMA_ENV)
     with runtime.open_memory(memory_root, engine) as memory:
         assert not memory.shared
+
+
+def test_a_live_peer_removes_the_temp_file_of_a_writer_killed_inside_a_file_write(
+    memory_root: Path, chroma_server: ChromaServer
+) -> None:
+    # Files are written before the journal intent, so a writer killed inside a file write leaves a temp file that
+    # no intent names. Its registration (.alive, no longer locked) is what marks it dead.
+    with _open_shared(memory_root, chroma_server) as first, _open_shared(memory_root, chroma_server) as second:
+        record = first.add(noise_image(7), kind="input", namespace="u")
+        shard = memory_root / "images" / record.content_hash[:2]
+        temp = shard / f".{record.content_hash}.png.0badc0de.tmp"
+        temp.write_bytes(b"half a picture")
+        assert second.repair().clean and temp.exists()  # no dead writer: it may be a live writer's, left alone
+        (memory_root / "journals" / "gone-4242-abc.alive").touch()
+        report = second.repair()
+        assert report.temp_files == 1 and not temp.exists()
+        assert not (memory_root / "journals" / "gone-4242-abc.alive").exists()
+        assert first.get(record.id) == record and first.load(record.id).size == (20, 12)
