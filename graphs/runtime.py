@@ -45,6 +45,7 @@ __all__ = [
     "load_planner",
     "open_memory",
     "planner_from_env",
+    "resolve_chroma",
     "shared_engine",
     "shared_engine_and_memory",
     "shared_engine_and_memory_from_env",
@@ -110,12 +111,20 @@ def chroma_from_env() -> ChromaServer | None:
     return parse_chroma_address(text) if text else None
 
 
+def resolve_chroma(chroma: ChromaServer | str | None) -> ChromaServer | None:
+    """The chroma server a memory opens on: ``chroma`` (settings or ``"HOST:PORT[/PREFIX]"``), else
+    ``SEEDX_CHROMA``; None means a single-process memory."""
+    if isinstance(chroma, str):
+        return parse_chroma_address(chroma)
+    return chroma or chroma_from_env()
+
+
 def open_memory(root: str | Path, engine: SeedXEngine, *, chroma: ChromaServer | str | None = None) -> ImageMemory:
     """Open (creating if needed) the image memory at ``root`` with the engine's ViT as image embedder.
 
     With ``chroma`` (a ``ChromaServer`` or ``"HOST:PORT[/PREFIX]"``; default ``SEEDX_CHROMA``) the memory opens in
     shared mode on that server, so other processes can open the same ``root`` at the same time."""
-    server = parse_chroma_address(chroma) if isinstance(chroma, str) else chroma or chroma_from_env()
+    server = resolve_chroma(chroma)
     embedder = memory_image_embedder(engine)
     if server is None:
         return ImageMemory.open(Path(root).expanduser(), image_embedder=embedder)

@@ -197,10 +197,6 @@ class PeerJournals:
             pass  # a leftover file is recovered (as an empty journal) by the next peer that looks
         self._alive.unlock()
 
-    def dead(self) -> list[tuple[Path, FlockFile]]:
-        """The journals of the other processes that are gone (see ``dead_journals``)."""
-        return dead_journals(self.directory, exclude=self.writer)
-
 
 def dead_journals(directory: Path, *, exclude: str | None = None) -> list[tuple[Path, FlockFile]]:
     """The journals in ``directory`` whose writer is gone, each with its ``.alive`` lock now held by the caller

@@ -176,11 +176,11 @@ def load_side(spec: str | Path, side: Literal["llm", "detokenizer"], device: str
 def _open_replica_memory(settings: ServeSettings, engine: Any) -> Any:
     """This replica's image memory: with a chroma server (``settings.chroma`` or ``SEEDX_CHROMA``) the one folder
     every replica shares (shared mode); otherwise the first free ``<memory_dir>-llm<slot>`` of its own."""
-    from seedx_agent.graphs.runtime import chroma_from_env, open_memory
+    from seedx_agent.graphs.runtime import open_memory, resolve_chroma
     from seedx_agent.memory import MemoryLockedError
 
     base = Path(settings.memory_dir).expanduser()
-    chroma = settings.chroma or chroma_from_env()
+    chroma = resolve_chroma(settings.chroma)
     if chroma is not None:
         return open_memory(base, engine, chroma=chroma)
     for slot in range(_MEMORY_SLOTS):

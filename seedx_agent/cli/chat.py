@@ -755,10 +755,9 @@ def cmd_memory(args: argparse.Namespace) -> int:
     root = Path(args.memory).expanduser()
     if not root.is_dir():
         raise ConfigError(f"no image memory at {str(root)!r}; pass --memory DIR of an existing memory")
-    from seedx_agent.graphs.runtime import chroma_from_env
-    from seedx_agent.memory import parse_chroma_address
+    from seedx_agent.graphs.runtime import resolve_chroma
 
-    server = parse_chroma_address(args.chroma) if args.chroma else chroma_from_env()
+    server = resolve_chroma(args.chroma)
     shared = {} if server is None else {"client": server, "shared": True}
     with ImageMemory.open(root, image_embedder=_no_image_embedder, **shared) as memory:
         if args.action == "list":
