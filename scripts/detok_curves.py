@@ -65,9 +65,11 @@ from learning_curves import (
     _column,
     _read_progress,
     _write_progress,
+    arm_parser,
     eval_points,
     load_vision,
     merge_arms,
+    parse_arm_args,
     plot_curves,
     read_rows,
     time_to_bar,
@@ -549,20 +551,15 @@ def plot_mode(args: argparse.Namespace) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (one arm to train, or ``--plot`` folders to merge)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("arm", nargs="?", help="name of the arm (the CSV's 'arm' column)")
+    parser = arm_parser(
+        __doc__.split("\n")[0],
+        out_help="folder of this arm (checkpoints, curve.csv); outside the work tree",
+        max_steps=800,
+        first_eval=50,
+        eval_n=32,
+    )
     parser.add_argument("--space", choices=SPACES, default="pixel", help="diffusion on 32x32 pixels or VAE latents")
-    parser.add_argument("--out", help="folder of this arm (checkpoints, curve.csv); outside the work tree")
-    parser.add_argument("--preset", default="mini", help="config preset (tests: tiny-random)")
-    parser.add_argument("--vit", default="bundled", help="'bundled', 'random', or a finished 'vit' stage folder")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak (= constant after warm-up) learning rate")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    parser.add_argument("--grad-clip", type=float, default=1.0)
     parser.add_argument("--uncond-prob", type=float, default=0.1, help="rows trained on the CFG negative")
-    parser.add_argument("--max-steps", type=int, default=800)
-    parser.add_argument("--first-eval", type=int, default=50, help="first eval step; then doubling")
-    parser.add_argument("--eval-n", type=int, default=32, help="held-out samples per scored task")
     parser.add_argument("--sampler", default="dpm", choices=("dpm", "euler"), help="eval sampler")
     parser.add_argument("--sampler-steps", type=int, default=10, help="eval sampler steps (x2 UNet calls with CFG)")
     parser.add_argument(
@@ -576,16 +573,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vae-lr", type=float, default=2e-3, help="latent: VAE peak learning rate (cosine)")
     parser.add_argument("--vae-batch", type=int, default=8, help="latent: VAE batch")
     parser.add_argument("--vae-kl", type=float, default=1e-6, help="latent: KL weight per pixel (LDM: 1e-6)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this wall time")
-    parser.add_argument("--plot", nargs="+", metavar="DIR", help="merge these arms' folders (or CSVs) and plot")
-    parser.add_argument("--png", help="--plot: the figure to write")
-    parser.add_argument("--csv", help="--plot: the merged CSV to write")
-    args = parser.parse_args(argv)
-    if args.plot is None and (args.arm is None or args.out is None):
-        parser.error("train an arm with ARM_NAME --space SPACE --out DIR, or merge arms with --plot DIR ...")
-    return args
+    return parse_arm_args(
+        parser, argv, "train an arm with ARM_NAME --space SPACE --out DIR, or merge arms with --plot DIR ..."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -443,22 +443,51 @@ def plot_mode(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line (one arm to train, or ``--plot`` folders to merge)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arm_parser(
+    description: str, *, out_help: str, max_steps: int, first_eval: int, eval_n: int
+) -> argparse.ArgumentParser:
+    """The flags every curve script shares (this one and ``detok_curves.py``): the arm, its folder, the optimiser,
+    the eval schedule, the run budget and ``--plot``; each script adds its own and passes its defaults."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("arm", nargs="?", help="name of the arm (the CSV's 'arm' column)")
-    parser.add_argument("--out", help="folder of this arm (checkpoint, curve.csv); outside the work tree")
+    parser.add_argument("--out", help=out_help)
     parser.add_argument("--preset", default="mini", help="config preset (tests: tiny-random)")
     parser.add_argument("--vit", default="bundled", help="'bundled', 'random', or a finished 'vit' stage folder")
-    parser.add_argument("--width", type=int, default=None, help="LLM hidden size (default: the preset's)")
-    parser.add_argument("--depth", type=int, default=None, help="LLM layers (default: the preset's)")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak (= constant after warm-up) learning rate")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     parser.add_argument("--grad-clip", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, default=3200)
-    parser.add_argument("--first-eval", type=int, default=100, help="first eval step; then doubling")
-    parser.add_argument("--eval-n", type=int, default=100, help="held-out samples per scored task")
+    parser.add_argument("--max-steps", type=int, default=max_steps)
+    parser.add_argument("--first-eval", type=int, default=first_eval, help="first eval step; then doubling")
+    parser.add_argument("--eval-n", type=int, default=eval_n, help="held-out samples per scored task")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this wall time")
+    parser.add_argument("--plot", nargs="+", metavar="DIR", help="merge these arms' folders (or CSVs) and plot")
+    parser.add_argument("--png", help="--plot: the figure to write")
+    parser.add_argument("--csv", help="--plot: the merged CSV to write")
+    return parser
+
+
+def parse_arm_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, usage: str) -> argparse.Namespace:
+    """Parse; without ``--plot`` an arm name and ``--out`` are required (``usage`` says how to call)."""
+    args = parser.parse_args(argv)
+    if args.plot is None and (args.arm is None or args.out is None):
+        parser.error(usage)
+    return args
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (one arm to train, or ``--plot`` folders to merge)."""
+    parser = arm_parser(
+        __doc__.split("\n")[0],
+        out_help="folder of this arm (checkpoint, curve.csv); outside the work tree",
+        max_steps=3200,
+        first_eval=100,
+        eval_n=100,
+    )
+    parser.add_argument("--width", type=int, default=None, help="LLM hidden size (default: the preset's)")
+    parser.add_argument("--depth", type=int, default=None, help="LLM layers (default: the preset's)")
     parser.add_argument(
         "--mixture", default=None, help="task weights, e.g. caption=1,vqa=3,grounding=3,text_to_image=1,edit=1"
     )
@@ -468,16 +497,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("seed-x", "seed-x-i"),
         help="prompt style trained and scored: seed-x (pre-training, then SFT) or seed-x-i (one instruction stage)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this wall time")
-    parser.add_argument("--plot", nargs="+", metavar="DIR", help="merge these arms' folders (or CSVs) and plot")
-    parser.add_argument("--png", help="--plot: the figure to write")
-    parser.add_argument("--csv", help="--plot: the merged CSV to write")
-    args = parser.parse_args(argv)
-    if args.plot is None and (args.arm is None or args.out is None):
-        parser.error("train an arm with ARM_NAME --out DIR, or merge arms with --plot DIR ...")
-    return args
+    return parse_arm_args(parser, argv, "train an arm with ARM_NAME --out DIR, or merge arms with --plot DIR ...")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
