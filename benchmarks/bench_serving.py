@@ -5,7 +5,7 @@ two servers on the same model, measured in one run:
 
 - ``single``: ``seedx-agent serve --model M --host 127.0.0.1 --port P --memory DIR`` (uvicorn, one process; the
   engine runs one model call at a time).
-- ``ray``: ``seedx-agent -v serve --ray --llm-replicas 2 ...`` (a local Ray instance; the LLM+ViT and the
+- ``ray``: ``seedx-agent serve --ray --llm-replicas 2 ...`` (a local Ray instance; the LLM+ViT and the
   de-tokenizer as separate deployments, ``serving/ray_serve.py``).
 
 Why: Ray Serve is the scale-out path (one LLM replica per GPU). Before relying on it, we want to know what its
@@ -13,8 +13,8 @@ extra hops (proxy -> ingress replica -> LLM replica, Ray object serialisation) c
 behaves under concurrent load, against the single process on the same machine and model.
 
 How. Each server is a subprocess on a free loopback port, in its own session (so every process it starts,
-Ray's included, can be found and stopped by id). The benchmark waits for ``GET /health`` (and, for Ray, for the
-CLI's "serving ..." log line, printed once every deployment is running), sends warm-up requests, then for each
+Ray's included, can be found and stopped by id). The benchmark waits for ``GET /health`` to answer 200 (a
+readiness probe: on Ray, once a replica of every deployment answers), sends warm-up requests, then for each
 concurrency C runs C client threads, each with its own ``openai.OpenAI`` client (``max_retries=0``), on
 ``--requests`` requests (or ``--duration`` seconds), recording each request's latency. requests/s = completed
 requests / wall time of the cell; p50 and p95 are ``numpy.percentile`` of the completed requests' latencies.
@@ -77,7 +77,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVERS = ("single", "ray")
 WORKLOADS = ("chat", "image")
 API_KEY = "sk-bench-unused"  # the servers run without a key; the client needs some value
-READY_LINE = re.compile(r"serving .* \(Ray Serve")  # run_ray's INFO line, logged once every deployment runs
 CAVEAT = (
     "Note: on a {cpus}-CPU machine the Ray replicas cannot add compute beyond those cores. The single server "
     "decodes on {threads} torch thread(s) and leaves the rest to HTTP and the clients; the Ray replicas share the "
@@ -251,10 +250,10 @@ def server_command(name: str, model: str, port: int, memory: Path, llm_replicas:
     if name == "single":
         return [*base, *serve]
     ray = ["--ray", "--llm-replicas", str(llm_replicas), "--replica-cpus", f"{replica_cpus(llm_replicas):g}"]
-    return [*base, "-v", *serve, *ray, "--threads", str(threads)]  # -v: the "serving ..." line
+    return [*base, *serve, *ray, "--threads", str(threads)]
 
 
-def server_env(name: str, threads: int, llm_replicas: int) -> tuple[dict[str, str], dict[str, str]]:
+def server_env(name: str, threads: int) -> tuple[dict[str, str], dict[str, str]]:
     """(the whole environment, the variables this benchmark set) of a server subprocess."""
     extra = {
         "OMP_NUM_THREADS": str(threads),
@@ -273,27 +272,23 @@ def server_env(name: str, threads: int, llm_replicas: int) -> tuple[dict[str, st
     return env, extra
 
 
-def wait_ready(server: Server, timeout: float, ray: bool) -> float:
-    """Seconds until ``GET /health`` answers 200 (and, for Ray, the CLI logged that every deployment runs)."""
+def wait_ready(server: Server, timeout: float) -> float:
+    """Seconds until ``GET /health`` answers 200 (503 while a Ray deployment has no running replica yet)."""
     started = time.monotonic()
-    healthy = False
     while time.monotonic() - started < timeout:
         if server.process.poll() is not None:
             raise RuntimeError(
                 f"the {server.name} server exited with code {server.process.returncode} before it was ready:\n"
                 f"{log_tail(server.log)}"
             )
-        if not healthy:
-            try:
-                with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
-                    healthy = response.status == 200
-            except (urllib.error.URLError, OSError):
-                pass
-        if healthy and (not ray or READY_LINE.search(log_tail(server.log, 10**7))):
-            return time.monotonic() - started
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or 503 (HTTPError is a URLError): not ready
         time.sleep(0.5)
-    state = "answered /health but the app never reported running" if healthy else "never answered /health"
-    raise RuntimeError(f"the {server.name} server {state} within {timeout:.0f} s:\n{log_tail(server.log)}")
+    raise RuntimeError(f"the {server.name} server was not ready within {timeout:.0f} s:\n{log_tail(server.log)}")
 
 
 def stop_server(server: Server, timeout: float = 90.0) -> dict[str, Any]:
@@ -332,7 +327,7 @@ def running_server(
 ) -> Iterator[Server]:
     """Start server ``name`` on a free port with a fresh memory folder, wait until ready, stop it at the end."""
     port = free_port()
-    env, extra = server_env(name, threads, llm_replicas)
+    env, extra = server_env(name, threads)
     with tempfile.TemporaryDirectory(prefix=f"bench-serving-{name}-") as folder:
         command = server_command(name, model, port, Path(folder) / "memory", llm_replicas, threads)
         log = log_dir / f"{name}.log"
@@ -343,7 +338,7 @@ def running_server(
         server = Server(name, process, f"http://127.0.0.1:{port}", log)
         server.info = {"command": command, "env": extra, "log": str(log)}
         try:
-            server.info["ready_s"] = round(wait_ready(server, startup_timeout, ray=name == "ray"), 2)
+            server.info["ready_s"] = round(wait_ready(server, startup_timeout), 2)
             yield server
         finally:
             server.info["stop"] = stop_server(server)

@@ -13,18 +13,23 @@ from seedx_agent.speed.cpu_linear import onednn_linear_available
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _smoke(module: str, timeout: int = 300) -> str:
+def _run_module(module: str, *args: str, timeout: int = 300) -> str:
+    """``python -m module args...`` from the repository root, offline; its stdout once it exited 0."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", module, "--smoke"],
+        [sys.executable, "-m", module, *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def _smoke(module: str, timeout: int = 300) -> str:
+    return _run_module(module, "--smoke", timeout=timeout)
 
 
 def test_bench_image_tokens_smoke_runs_and_reports_ratios():
@@ -177,11 +182,8 @@ def test_bench_end_to_end_score_resumes_and_intervals(tmp_path):
 def test_bench_serving_quick_single_server_writes_every_cell(tmp_path):
     """``--quick``: the single-process server on tiny-random, 1 and 2 clients, 4 chat requests each."""
     out = tmp_path / "serving.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "benchmarks.bench_serving", "--quick", "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "CPU: " in result.stdout and "| single | 2 |" in result.stdout and "load average after" in result.stdout
+    stdout = _run_module("benchmarks.bench_serving", "--quick", "--out", str(out), timeout=120)
+    assert "CPU: " in stdout and "| single | 2 |" in stdout and "load average after" in stdout
     data = json.loads(out.read_text())
     assert data["model"] == "tiny-random" and data["concurrency"] == [1, 2] and list(data["servers"]) == ["single"]
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["torch"]
@@ -199,11 +201,8 @@ def test_bench_serving_quick_single_server_writes_every_cell(tmp_path):
 def test_bench_shared_memory_smoke_times_both_modes_and_two_writers(tmp_path):
     """``--smoke``: 200 records on a real chroma server; both modes per operation, then 1 and 2 writer processes."""
     out = tmp_path / "shared.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "benchmarks.bench_shared_memory", "--smoke", "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| add (1 picture) |" in result.stdout and "2 processes / 1 process:" in result.stdout
+    stdout = _run_module("benchmarks.bench_shared_memory", "--smoke", "--out", str(out), timeout=240)
+    assert "| add (1 picture) |" in stdout and "2 processes / 1 process:" in stdout
     data = json.loads(out.read_text())
     assert set(data["per_call"]) == {
         "add (1 picture)",
